@@ -1,0 +1,632 @@
+"""Transfer learning with a frozen MobileNetV2 from TensorFlow Hub.
+
+What you build: an image classifier for your own classes (cats vs dogs from
+CIFAR-10 by default) on top of MobileNetV2, a network that already learned to
+see from 1.3 million ImageNet photos. Its weights stay frozen; only a small
+Dropout + Dense "head" is trained, on features computed once per image.
+
+What you learn, in the order the file reads:
+  1. Configuration  every setting is a command-line flag with a default.
+  2. Data           CIFAR-10 cats and dogs, or your own folder of photos.
+  3. Model          a TF Hub feature vector plus a new classification head.
+  4. Features       why a frozen base lets us compute features only once.
+  5. Training       the head trains in seconds, keeping its best epoch.
+  6. Evaluation     accuracy, loss and a confusion matrix on unseen images.
+  7. Plots          training history, sample predictions, confusions.
+  8. Export         a SavedModel (and TFLite) that you can reload and use.
+  Extra lessons, off by default: --augment, --fine-tune-epochs, --tflite,
+  and --predict to classify new photos with an exported run.
+
+Run it:
+    python transfer_learning.py                      # CIFAR-10 cats vs dogs
+    python transfer_learning.py --max-images 500     # a quick first run
+    python transfer_learning.py --data-dir photos/   # photos/<class>/*.jpg
+    python transfer_learning.py --predict a.jpg --model-dir runs/<run>
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+# tensorflow_hub's KerasLayer is a Keras 2 layer: ask TensorFlow for Keras 2
+# (the tf-keras package) before TensorFlow is imported.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def interrupted():
+    print("\nInterrupted: nothing of this run was saved; earlier runs are untouched.", file=sys.stderr)
+    sys.exit(130)
+
+
+# TensorFlow's C++ core prints start-up chatter (such as CUDA probes on a
+# machine without a GPU) before any setting can quiet it, so stderr is muted
+# while it loads: our own messages then stand alone.
+stderr_fd = os.dup(2)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+try:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_hub as hub
+except KeyboardInterrupt:
+    os.dup2(stderr_fd, 2)
+    interrupted()
+finally:
+    os.dup2(stderr_fd, 2)
+
+# ----------------------------------------------------------------------------
+# 1. Configuration
+# ----------------------------------------------------------------------------
+# MobileNetV2 trained on ImageNet, as a feature vector: it takes float images
+# in [0, 1] of 224x224 pixels and returns 1280 numbers describing each image.
+DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
+CIFAR10_CAT, CIFAR10_DOG = 3, 5
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train an image classifier on a frozen TF Hub MobileNetV2.")
+    p.add_argument("--data-dir", help="your images: DIR/<class>/*.jpg, or DIR/train/<class>/ and "
+                   "DIR/test/<class>/ (default: CIFAR-10 cats and dogs, downloaded)")
+    p.add_argument("--model-handle", default=DEFAULT_HANDLE, help="TF Hub URL or local SavedModel "
+                   "folder of an image feature vector (default: MobileNetV2 on TF Hub)")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="pixels per side that the module expects (default: 224)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs to train the head (default: 10)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="for the head (default: 0.001)")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout rate before the head (default: 0.2)")
+    p.add_argument("--validation-split", type=float, default=0.1,
+                   help="fraction of training images held out for validation (default: 0.1)")
+    p.add_argument("--max-images", type=int, help="use at most this many images per split, "
+                   "for a quick first run on a CPU (default: all)")
+    p.add_argument("--output-dir", help="folder for this run (default: a new runs/<date-time>)")
+    p.add_argument("--no-show", action="store_true", help="save the plots without showing them")
+    p.add_argument("--seed", type=int, default=42, help="random seed for splits and training (default: 42)")
+    p.add_argument("--augment", action="store_true", help="random flips, rotations and zooms of "
+                   "training images; augmented images change every epoch, so features cannot be "
+                   "computed once and every epoch runs MobileNetV2 again (much slower)")
+    p.add_argument("--fine-tune-epochs", type=int, default=0,
+                   help="after training the head, unfreeze the base for N epochs (default: 0)")
+    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-5,
+                   help="learning rate while fine-tuning (default: 1e-05)")
+    p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")
+    p.add_argument("--predict", nargs="+", metavar="IMAGE",
+                   help="classify these images with the run in --model-dir instead of training")
+    p.add_argument("--model-dir", help="a run folder written by an earlier training run, for --predict")
+    return p.parse_args(argv)
+
+
+def fail(message):
+    """Bad input ends here: one line saying what is wrong and how to fix it."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args):
+    checks = [
+        (args.epochs >= 1, "--epochs must be at least 1"),
+        (args.batch_size >= 1, "--batch-size must be at least 1"),
+        (0 < args.validation_split < 1, "--validation-split must be between 0 and 1, e.g. 0.1"),
+        (0 <= args.dropout < 1, "--dropout must be in [0, 1), e.g. 0.2"),
+        (args.image_size >= 32, "--image-size is too small for MobileNetV2; use 32 or more (224 for the default module)"),
+        (args.learning_rate > 0 and args.fine_tune_learning_rate > 0, "learning rates must be positive"),
+        (args.fine_tune_epochs >= 0, "--fine-tune-epochs cannot be negative"),
+        (args.max_images is None or args.max_images >= 1, "--max-images must be at least 1"),
+        (not args.predict or args.model_dir, "--predict needs --model-dir RUN_DIR, a folder written by an earlier run"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            fail(message)
+
+
+def prepare_output_dir(output_dir):
+    """Refuse to touch an earlier run; write this one into OUTPUT.partial."""
+    if output_dir is None:  # a new folder per run, even for two runs in the same second
+        stamp = output_dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        n = 1
+        while os.path.exists(output_dir) or os.path.exists(output_dir + ".partial"):
+            n += 1
+            output_dir = f"{stamp}-{n}"
+    if os.path.isfile(output_dir):
+        fail(f"--output-dir {output_dir} is a file; give a folder name")
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        fail(f"--output-dir {output_dir} already holds a run; choose a new folder so it is not overwritten")
+    work_dir = output_dir.rstrip("/\\") + ".partial"
+    if os.path.exists(work_dir):
+        fail(f"{work_dir} exists: another run is writing there, or one was killed; "
+             "delete it or choose another --output-dir")
+    try:
+        os.makedirs(work_dir)
+        open(os.path.join(work_dir, ".write-test"), "w").close()
+    except OSError as e:
+        fail(f"cannot write to --output-dir {output_dir} ({e.strerror}); choose a folder you can write to")
+    os.remove(os.path.join(work_dir, ".write-test"))
+    return output_dir, work_dir
+
+
+# ----------------------------------------------------------------------------
+# 2. Data
+# ----------------------------------------------------------------------------
+# Each split is a pair (x, y): x holds either the images themselves (CIFAR-10
+# arrives as arrays) or image file paths (your folders), y the class numbers.
+
+def load_cifar10_cats_and_dogs():
+    """CIFAR-10 keeps only cats (3) and dogs (5), relabelled 0 = cat, 1 = dog."""
+    try:
+        (x_train, y_train), (x_test, y_test) = tf.keras.datasets.cifar10.load_data()
+    except Exception as e:
+        fail(f"could not download CIFAR-10 ({type(e).__name__}); when offline, "
+             "train on your own images with --data-dir DIR instead")
+    splits = {}
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        y = y.reshape(-1)
+        keep = (y == CIFAR10_CAT) | (y == CIFAR10_DOG)
+        splits[name] = (x[keep], (y[keep] == CIFAR10_DOG).astype(np.int64))
+    return splits, ["cat", "dog"]
+
+
+def list_images(folder, class_names=None):
+    """Image files in folder/<class>/, classes in sorted order, hidden files ignored."""
+    if class_names is None:
+        class_names = sorted(d for d in os.listdir(folder)
+                             if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        class_dir = os.path.join(folder, name)
+        files = sorted(f for f in os.listdir(class_dir) if not f.startswith(".")
+                       and f.lower().endswith(IMAGE_EXTENSIONS)) if os.path.isdir(class_dir) else []
+        if not files:
+            fail(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                 "add some or remove the folder")
+        paths += [os.path.join(class_dir, f) for f in files]
+        labels += [label] * len(files)
+    return np.array(paths), np.array(labels, dtype=np.int64), class_names
+
+
+def load_image_folders(data_dir):
+    """DIR/<class>/ images, or DIR/train/<class>/ and DIR/test/<class>/."""
+    if not os.path.isdir(data_dir):
+        fail(f"--data-dir {data_dir} is not a folder; give a folder with one sub-folder per class")
+    has_splits = all(os.path.isdir(os.path.join(data_dir, s)) for s in ("train", "test"))
+    train_dir = os.path.join(data_dir, "train") if has_splits else data_dir
+    classes = sorted(d for d in os.listdir(train_dir)
+                     if os.path.isdir(os.path.join(train_dir, d)) and not d.startswith("."))
+    if len(classes) < 2:
+        fail(f"--data-dir {train_dir} has {len(classes)} class folder(s); "
+             "a classifier needs at least 2, e.g. DIR/cat/*.jpg and DIR/dog/*.jpg")
+    x, y, classes = list_images(train_dir, classes)
+    splits = {"train": (x, y)}
+    if has_splits:
+        x_test, y_test, _ = list_images(os.path.join(data_dir, "test"), classes)
+        splits["test"] = (x_test, y_test)
+    return splits, classes
+
+
+def read_image(path):
+    """Any JPEG, PNG, BMP or GIF becomes an RGB uint8 image (grey, alpha and palettes too)."""
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def find_unreadable_images(paths):
+    """Decode every file once, in parallel; the files that fail are returned."""
+    readable = (tf.data.Dataset.from_tensor_slices(paths)
+                .map(lambda p: (p, tf.shape(read_image(p))), num_parallel_calls=AUTOTUNE)
+                .ignore_errors().batch(1024))
+    ok = {p.decode() for batch, _ in readable.as_numpy_iterator() for p in batch}
+    return [p for p in paths if p not in ok]
+
+
+def shuffle(x, y, seed):
+    order = np.random.default_rng(seed).permutation(len(x))
+    return x[order], y[order]
+
+
+def split_off(x, y, fraction, seed):
+    """Shuffle (the same way for the same --seed) and cut off a fraction as a new split."""
+    x, y = shuffle(x, y, seed)
+    cut = max(1, round(len(x) * fraction))
+    return (x[cut:], y[cut:]), (x[:cut], y[:cut])
+
+
+def load_data(args):
+    if args.data_dir is not None:
+        splits, classes = load_image_folders(args.data_dir)
+    else:
+        splits, classes = load_cifar10_cats_and_dogs()
+    if "test" not in splits:
+        splits["train"], splits["test"] = split_off(*splits["train"], args.validation_split, args.seed)
+    else:  # class-sorted from the folders: shuffle so any --max-images slice has every class
+        splits["test"] = shuffle(*splits["test"], args.seed)
+    splits["train"], splits["validation"] = split_off(*splits["train"], args.validation_split, args.seed)
+    skipped = []
+    for name, (x, y) in splits.items():
+        x, y = x[:args.max_images], y[:args.max_images]
+        if x.dtype.kind == "U":
+            bad = find_unreadable_images(x)
+            skipped += bad
+            keep = ~np.isin(x, bad)
+            x, y = x[keep], y[keep]
+        if len(x) == 0:
+            fail(f"the {name} split has no readable images; add more images to --data-dir")
+        splits[name] = (x, y)
+    for i in set(range(len(classes))) - set(splits["train"][1]):
+        fail(f"no readable training images of class {classes[i]} in --data-dir {args.data_dir}; "
+             "add good images to its folder or remove the folder")
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image file(s): {', '.join(skipped)}",
+              file=sys.stderr)
+    for name, (x, y) in splits.items():
+        counts = ", ".join(f"{np.sum(y == i)} {c}" for i, c in enumerate(classes))
+        print(f"{name:>10}: {len(x):5d} images ({counts})")
+    return splits, classes, skipped
+
+
+def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, seed=0):
+    """A tf.data pipeline that decodes, resizes and scales images on the fly.
+
+    Nothing is stored upscaled: 12000 images at 224x224 float32 would be 7 GB.
+    TF Hub image modules expect float pixels in [0, 1], hence the / 255.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed)
+    if x.dtype.kind == "U":
+        ds = ds.map(lambda path, label: (read_image(path), label), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda image, label: (tf.image.resize(image, (image_size, image_size)) / 255.0, label),
+                num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if augment:
+        augmenter = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal", seed=seed),
+                                         tf.keras.layers.RandomRotation(0.05, seed=seed),
+                                         tf.keras.layers.RandomZoom(0.1, seed=seed)])
+        ds = ds.map(lambda images, labels: (augmenter(images, training=True), labels),
+                    num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------
+# 3. Model
+# ----------------------------------------------------------------------------
+
+def describe_device():
+    """TensorFlow puts the work on a GPU by itself when it sees one."""
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"GPU ({', '.join(g.name for g in gpus)})" if gpus else "CPU"
+
+
+def build_model(handle, image_size, num_classes, dropout):
+    """Three Keras models that share the same layers.
+
+    model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export.
+    extractor  images -> MobileNetV2 features: run once per image.
+    head       features -> Dropout -> Dense: what we train.
+    Training the head trains the model, because they share the Dropout and
+    Dense layers.
+    """
+    images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
+    try:
+        base = hub.KerasLayer(handle, trainable=False, name="mobilenet_v2")
+    except Exception as e:
+        where = ("a local path as --model-handle, or the module placed in $TFHUB_CACHE_DIR"
+                 if "://" in handle else "a folder holding a TF2 SavedModel (saved_model.pb)")
+        fail(f"cannot load --model-handle {handle} ({type(e).__name__}); "
+             f"to run offline use {where}, and --data-dir instead of the CIFAR-10 download")
+    try:
+        # training=False keeps the base's BatchNorm layers in inference mode even
+        # when fine-tuning: on a small dataset, updating their ImageNet statistics
+        # would wreck the features the base has already learned.
+        features = base(images, training=False)
+    except Exception:
+        fail(f"the module {handle} does not accept {image_size}x{image_size} images; "
+             "set --image-size to the size it was built for (224 for MobileNetV2)")
+    if len(features.shape) != 2:
+        fail(f"the module {handle} returns shape {features.shape}, not a feature vector; "
+             "use an image feature-vector module, not a classifier or a raw SavedModel")
+    drop = tf.keras.layers.Dropout(dropout, name="dropout")
+    classify = tf.keras.layers.Dense(num_classes, activation="softmax", name="classifier")
+    model = tf.keras.Model(images, classify(drop(features)), name="classifier_model")
+    extractor = tf.keras.Model(images, features, name="feature_extractor")
+    feature_input = tf.keras.Input(shape=features.shape[1:], name="features")
+    head = tf.keras.Model(feature_input, classify(drop(feature_input)), name="head")
+    return model, extractor, head
+
+
+def compile_for_training(model, learning_rate):
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+# ----------------------------------------------------------------------------
+# 4. Bottleneck features
+# ----------------------------------------------------------------------------
+# The central idea. The base is frozen, so it maps each image to the same
+# 1280 features in every epoch. Running MobileNetV2 is nearly all the work,
+# so we run it once per image, keep the features (1280 floats, 5 KB each), and
+# train the head on them: an epoch then takes milliseconds instead of minutes.
+
+def extract_features(extractor, dataset):
+    return extractor.predict(dataset, verbose=1)
+
+
+# ----------------------------------------------------------------------------
+# 5. Training
+# ----------------------------------------------------------------------------
+
+def keep_best_epoch(epochs):
+    """Restore the weights of the epoch with the best validation accuracy."""
+    return tf.keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=epochs,
+                                            restore_best_weights=True, verbose=1)
+
+
+def train(model, train_data, val_data, epochs, batch_size=None):
+    """model.fit on (x, y) arrays of features or on tf.data datasets of images."""
+    kwargs = dict(x=train_data[0], y=train_data[1], batch_size=batch_size) \
+        if isinstance(train_data, tuple) else dict(x=train_data)
+    history = model.fit(**kwargs, validation_data=val_data, epochs=epochs,
+                        callbacks=[keep_best_epoch(epochs)], verbose=1)
+    return history.history
+
+
+def fine_tune(model, base, train_ds, val_ds, args, val_accuracy_before):
+    """Unfreeze the base and nudge all its weights towards our classes.
+
+    The learning rate is far smaller than the head's: large steps would erase
+    what MobileNetV2 learned on ImageNet before the head's gradients settle.
+    """
+    before = model.get_weights()
+    base.trainable = True
+    compile_for_training(model, args.fine_tune_learning_rate)  # recompile: trainability changed
+    history = train(model, train_ds, val_ds, args.fine_tune_epochs)
+    if max(history["val_accuracy"]) < val_accuracy_before:
+        print("Fine-tuning did not beat the frozen model on validation; keeping the frozen one.")
+        model.set_weights(before)
+    base.trainable = False
+    return history
+
+
+# ----------------------------------------------------------------------------
+# 6. Evaluation
+# ----------------------------------------------------------------------------
+
+def evaluate(model, test_ds, y_test, num_classes):
+    """One pass of the whole model over the test images, as a user will run it."""
+    probabilities = model.predict(test_ds, verbose=1)
+    loss = tf.keras.losses.sparse_categorical_crossentropy(y_test, probabilities)
+    predicted = probabilities.argmax(axis=1)
+    confusion = tf.math.confusion_matrix(y_test, predicted, num_classes=num_classes)
+    return probabilities, float(np.mean(predicted == y_test)), float(np.mean(loss)), confusion.numpy()
+
+
+# ----------------------------------------------------------------------------
+# 7. Plots
+# ----------------------------------------------------------------------------
+
+def plot_history(history, fine_tune_start, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, history[metric], "o-", label="train")
+        ax.plot(epochs, history["val_" + metric], "o-", label="validation")
+        if fine_tune_start:
+            ax.axvline(fine_tune_start + 0.5, color="grey", linestyle="--", label="fine-tuning starts")
+        ax.set(title=metric.capitalize(), xlabel="epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_predictions(images, labels, probabilities, classes, path):
+    """Sample test images: predicted class and confidence, green if right, red if wrong."""
+    fig, axes = plt.subplots(4, 4, figsize=(10, 11))
+    for ax, image, label, p in zip(axes.flat, images, labels, probabilities):
+        ax.imshow(image)
+        ax.set_title(f"{classes[p.argmax()]} {p.max():.0%}\n(true: {classes[label]})",
+                     color="green" if p.argmax() == label else "red", fontsize=10)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_confusion_matrix(confusion, classes, path):
+    fig, ax = plt.subplots(figsize=(2 + len(classes), 1.5 + len(classes)))
+    ax.imshow(confusion, cmap="Blues")
+    for (i, j), count in np.ndenumerate(confusion):
+        ax.text(j, i, count, ha="center", va="center",
+                color="white" if count > confusion.max() / 2 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
+           yticklabels=classes, xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+# ----------------------------------------------------------------------------
+# 8. Export
+# ----------------------------------------------------------------------------
+
+def load_exported_model(model_dir):
+    return tf.keras.models.load_model(os.path.join(model_dir, "model"),
+                                      custom_objects={"KerasLayer": hub.KerasLayer})
+
+
+def export_model(model, work_dir, check_images):
+    """Save the whole model, then reload it and check it predicts as before."""
+    model.save(os.path.join(work_dir, "model"))
+    reloaded = load_exported_model(work_dir)
+    difference = np.abs(reloaded.predict(check_images, verbose=0)
+                        - model.predict(check_images, verbose=0)).max()
+    print(f"Reloaded model/ predicts as the trained model (largest difference {difference:.1e}).")
+    if difference > 1e-4:
+        raise RuntimeError("the exported model does not reproduce the trained model")
+
+
+def export_tflite(model, work_dir, check_images):
+    """MobileNet was made for phones: TFLite is how it gets onto one."""
+    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    path = os.path.join(work_dir, "model.tflite")
+    with open(path, "wb") as f:
+        f.write(tflite)
+    interpreter = tf.lite.Interpreter(model_path=path)
+    run = interpreter.get_signature_runner()
+    input_name = next(iter(run.get_input_details()))
+    tflite_classes = np.concatenate(
+        [next(iter(run(**{input_name: image[None]}).values())).argmax(1) for image in check_images])
+    agree = np.mean(tflite_classes == model.predict(check_images, verbose=0).argmax(1))
+    print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, same class as the SavedModel "
+          f"on {agree:.0%} of {len(check_images)} test images.")
+    return agree
+
+
+def predict_images(paths, model_dir):
+    """Classify new photos with an exported run: one line per image."""
+    if not os.path.isfile(os.path.join(model_dir, "labels.txt")):
+        fail(f"--model-dir {model_dir} is not an exported run (no labels.txt); "
+             "give a folder written by an earlier training run")
+    with open(os.path.join(model_dir, "labels.txt")) as f:
+        classes = f.read().split("\n")[:-1]
+    model = load_exported_model(model_dir)
+    size = model.input_shape[1]
+    failed = 0
+    for path in paths:
+        try:
+            image = tf.image.resize(read_image(path), (size, size)) / 255.0
+        except Exception:
+            print(f"error: cannot read {path} as an image; skipping it", file=sys.stderr)
+            failed += 1
+            continue
+        p = model.predict(image[None], verbose=0)[0]
+        top = p.argsort()[::-1][:3 if len(classes) > 2 else 1]
+        print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in top))
+    return 2 if failed else 0
+
+
+# ----------------------------------------------------------------------------
+# main(): the tutorial's table of contents
+# ----------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    if args.predict:
+        return predict_images(args.predict, args.model_dir)
+    if args.no_show:
+        plt.switch_backend("Agg")
+    tf.keras.utils.set_random_seed(args.seed)
+    output_dir, work_dir = prepare_output_dir(args.output_dir)
+    try:
+        run(args, work_dir)
+        os.replace(work_dir, output_dir)  # the run appears whole, or not at all
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    print(f"Saved the run to {output_dir}/")
+    if not args.no_show and plt.get_backend().lower() != "agg":
+        plt.show()
+    return 0
+
+
+def run(args, work_dir):
+    seconds, start = {}, time.perf_counter()
+    device = describe_device()
+    print(f"Running on {device}.")
+
+    # 2. Data
+    splits, classes, skipped = load_data(args)
+    datasets = {name: make_dataset(x, y, args.image_size, args.batch_size)
+                for name, (x, y) in splits.items()}
+    seconds["data"] = time.perf_counter() - start
+
+    # 3. Model: only the head's Dense layer has trainable weights.
+    model, extractor, head = build_model(args.model_handle, args.image_size, len(classes), args.dropout)
+    base = model.get_layer("mobilenet_v2")
+    model.summary()
+
+    # 4. Features, once per image; 5. training the head on them.
+    start = time.perf_counter()
+    (x_train, y_train), (x_val, y_val) = splits["train"], splits["validation"]
+    compile_for_training(model, args.learning_rate)
+    compile_for_training(head, args.learning_rate)
+    if args.augment:
+        # Augmented images change every epoch, so the base must see them every epoch.
+        train_data = make_dataset(x_train, y_train, args.image_size, args.batch_size,
+                                  shuffle=True, augment=True, seed=args.seed)
+        accuracy_before = model.evaluate(datasets["validation"], verbose=0)[1]
+        seconds["features"] = 0.0
+        print(f"Validation accuracy before training: {accuracy_before:.3f}")
+        start = time.perf_counter()
+        history = train(model, train_data, datasets["validation"], args.epochs)
+    else:
+        print("Computing MobileNetV2 features, once per image:")
+        train_data = (extract_features(extractor, datasets["train"]), y_train)
+        val_data = (extract_features(extractor, datasets["validation"]), y_val)
+        seconds["features"] = time.perf_counter() - start
+        accuracy_before = head.evaluate(*val_data, verbose=0)[1]
+        print(f"Validation accuracy before training: {accuracy_before:.3f} "
+              f"(chance is about {1 / len(classes):.3f})")
+        start = time.perf_counter()
+        history = train(head, train_data, val_data, args.epochs, args.batch_size)
+    seconds["training"] = time.perf_counter() - start
+    val_accuracy = {"head": max(history["val_accuracy"])}
+
+    # Optional lesson: fine-tune the whole network on images.
+    fine_tune_start, head_test_accuracy = None, None
+    if args.fine_tune_epochs:
+        start = time.perf_counter()
+        head_test_accuracy = evaluate(model, datasets["test"], splits["test"][1], len(classes))[1]
+        print(f"Test accuracy with the frozen base: {head_test_accuracy:.4f}")
+        train_images = make_dataset(x_train, y_train, args.image_size, args.batch_size,
+                                    shuffle=True, augment=args.augment, seed=args.seed)
+        fine_history = fine_tune(model, base, train_images, datasets["validation"], args,
+                                 val_accuracy["head"])
+        fine_tune_start = len(history["loss"])
+        history = {k: history[k] + fine_history[k] for k in history}
+        val_accuracy["fine_tuned"] = max(val_accuracy["head"], max(fine_history["val_accuracy"]))
+        seconds["fine_tuning"] = time.perf_counter() - start
+
+    # 6. Evaluation: the whole model, on test images it has never seen.
+    start = time.perf_counter()
+    x_test, y_test = splits["test"]
+    probabilities, accuracy, loss, confusion = evaluate(model, datasets["test"], y_test, len(classes))
+    seconds["evaluation"] = time.perf_counter() - start
+    print(f"Test accuracy {accuracy:.4f}, loss {loss:.4f} on {len(y_test)} images")
+    print("Confusion matrix (rows: true class, columns: predicted):\n", confusion)
+
+    # 7. Plots
+    start = time.perf_counter()
+    sample_images = np.stack([image for image, _ in make_dataset(
+        x_test[:16], y_test[:16], args.image_size, 16).unbatch().as_numpy_iterator()])
+    plot_history(history, fine_tune_start, os.path.join(work_dir, "history.png"))
+    plot_predictions(sample_images, y_test, probabilities, classes,
+                     os.path.join(work_dir, "predictions.png"))
+    plot_confusion_matrix(confusion, classes, os.path.join(work_dir, "confusion_matrix.png"))
+    seconds["plots"] = time.perf_counter() - start
+
+    # 8. Export
+    start = time.perf_counter()
+    export_model(model, work_dir, sample_images)
+    with open(os.path.join(work_dir, "labels.txt"), "w") as f:
+        f.write("".join(c + "\n" for c in classes))
+    tflite_agreement = export_tflite(model, work_dir, sample_images) if args.tflite else None
+    seconds["export"] = time.perf_counter() - start
+    metrics = dict(
+        classes=classes, num_train=len(y_train), num_val=len(y_val), num_test=len(y_test),
+        skipped_files=skipped, accuracy_before_training=accuracy_before,
+        val_accuracy=val_accuracy, head_test_accuracy=head_test_accuracy,
+        test_accuracy=accuracy, test_loss=loss, confusion_matrix=confusion.tolist(),
+        epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, augment=args.augment,
+        tflite_agreement=tflite_agreement, image_size=args.image_size,
+        model_handle=args.model_handle, data=args.data_dir or "cifar10", device=device,
+        seconds={k: round(v, 2) for k, v in seconds.items()})
+    with open(os.path.join(work_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        interrupted()
