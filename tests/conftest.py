@@ -56,6 +56,13 @@ def hub_cache(tmp_path_factory):
     return str(cache)
 
 
+def load_keras_model(run_dir):
+    """The exported model as Keras layers, to look at the base's weights."""
+    import tensorflow_hub as hub
+    return tf.keras.models.load_model(os.path.join(str(run_dir), "model"),
+                                      custom_objects={"KerasLayer": hub.KerasLayer})
+
+
 def copy_slice(split, classes, per_class, target):
     """Copy the first per_class CIFAR cat/dog JPEGs of a split into target/<class>/."""
     for name in classes:

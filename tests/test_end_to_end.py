@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_script, tl
+from conftest import load_keras_model, run_script, tl
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +43,11 @@ def test_metrics_report_the_run(default_run):
 def test_exported_model_reproduces_the_reported_test_accuracy(default_run, catdog, hub_cache):
     out, _ = default_run
     m = json.load(open(out / "metrics.json"))
-    model = tl.load_exported_model(str(out))
+    model = tf.saved_model.load(str(out / "model"))  # plain TensorFlow, as a user would
     x, y, classes = tl.list_images(str(catdog / "test"))
-    probabilities = model.predict(tl.make_dataset(x, y, 224, 64), verbose=0)
-    assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 2)
+    probabilities = np.concatenate([model(images).numpy() for images, _ in tl.make_dataset(x, y, 224, 64)])
+    assert model.signatures["serving_default"].inputs[0].shape.as_list() == [None, 224, 224, 3]
+    assert probabilities.shape == (40, 2) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
     assert np.mean(probabilities.argmax(1) == y) == pytest.approx(m["test_accuracy"])
     confusion = tf.math.confusion_matrix(y, probabilities.argmax(1)).numpy()
     assert confusion.tolist() == m["confusion_matrix"]
@@ -57,7 +58,7 @@ def test_exported_base_weights_are_the_modules_own(default_run, hub_cache):
     digest = os.listdir(hub_cache)[0]
     module = tf.saved_model.load(os.path.join(hub_cache, digest))
     original = sorted((v.name, v.numpy().tobytes()) for v in module.variables)
-    exported = tl.load_exported_model(str(out)).get_layer("mobilenet_v2").weights
+    exported = load_keras_model(out).get_layer("mobilenet_v2").weights
     assert sorted((v.name, v.numpy().tobytes()) for v in exported) == original
 
 
