@@ -35,7 +35,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "transfer_learning.py")
-ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", MPLBACKEND="Agg")
+# Every contestant runs TensorFlow as the script configures it (Keras 2, the BFC
+# CPU allocator), so the comparison is between recipes, not settings.
+ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg",
+           TF_CPU_ALLOCATOR_USE_BFC="true")
+INFERENCE_BATCH = 32  # the script's batch for running the network, and Keras predict's default
 TARGETS = {"script/floor": ("<=", 1.15), "naive/script": (">=", 5.0), "script peak GB": ("<=", 2.5),
            "feature pass / Keras predict": (">=", 1.0)}
 COMPARE = {"<=": operator.le, ">=": operator.ge}
@@ -151,7 +155,7 @@ def benchmark(args, tmp):
     action = "use" if args.module else "build"
     prepared = run_child([py, "-c", PREPARE, action, module, paths, str(args.image_size), *common],
                          os.path.join(tmp, "prepare.log"))
-    size_batch = [str(args.image_size), str(args.batch_size)]
+    size_batch = [str(args.image_size), str(INFERENCE_BATCH)]
     runs = {"floor": [], "script": [], "naive": [], "keras_predict": []}
     for r in range(args.repeats):
         commands = {"floor": [py, "-c", FLOOR, paths, module, *size_batch],
@@ -163,7 +167,9 @@ def benchmark(args, tmp):
             runs[name].append(run_child(argv, os.path.join(tmp, f"{name}{r}.log")))
             if name == "script":  # where its time went, by its own account
                 with open(os.path.join(tmp, f"run{r}", "metrics.json")) as f:
-                    runs[name][-1]["phases_s"] = json.load(f)["seconds"]
+                    metrics = json.load(f)
+                runs[name][-1].update(phases_s=metrics["seconds"], test_accuracy=metrics["test_accuracy"],
+                                      accuracy_before_training=metrics["accuracy_before_training"])
             print(f"round {r + 1}/{args.repeats} {name:>13}: {runs[name][-1]['seconds']:7.1f} s",
                   flush=True)
     return describe_machine(prepared), runs
@@ -186,6 +192,8 @@ def summarize(args, machine, runs):
               for key, value in measured.items()}
     return dict(machine=machine, settings=vars(args), images=runs["floor"][0]["images"], table=table,
                 script_phases_s=min(runs["script"], key=lambda run: run["seconds"])["phases_s"],
+                accuracy={name: {k: runs[name][0].get(k) for k in ("accuracy_before_training", "test_accuracy")}
+                          for name in ("script", "naive")},
                 feature_pass_images_per_s=feature_rate, keras_predict_images_per_s=keras_rate,
                 checks=checks)
 
@@ -198,6 +206,7 @@ def print_results(results):
         print(f"{name:8}{row['best_s']:9.1f}  {runs:<22}{row['peak_rss_mb']:12.0f}{row['x_floor']:9.2f}")
     print("script phases of its best run, s:",
           ", ".join(f"{phase} {s}" for phase, s in results["script_phases_s"].items()))
+    print("test accuracy:", json.dumps(results["accuracy"]))
     print(f"feature pass {results['feature_pass_images_per_s']:.1f} images/s, "
           f"Keras predict {results['keras_predict_images_per_s']:.1f} images/s")
     for key, check in results["checks"].items():
