@@ -6,14 +6,14 @@ see from 1.3 million ImageNet photos. Its weights stay frozen; only a small
 Dropout + Dense "head" is trained, on features computed once per image.
 
 What you learn, in the order the file reads:
-  1. Configuration  every setting is a command-line flag with a default.
-  2. Data           CIFAR-10 cats and dogs, or your own folder of photos.
-  3. Model          a TF Hub feature vector plus a new classification head.
-  4. Features       why a frozen base lets us compute features only once.
-  5. Training       the head trains in seconds, keeping its best epoch.
-  6. Evaluation     accuracy, loss and a confusion matrix on unseen images.
-  7. Plots          training history, sample predictions, confusions.
-  8. Export         a SavedModel (and TFLite) that you can reload and use.
+  1. Configuration        every setting is a command-line flag with a default.
+  2. Data                 CIFAR-10 cats and dogs, or your own folders of photos.
+  3. Model                a TF Hub feature vector plus a new classification head.
+  4. Bottleneck features  why a frozen base lets us run it once per image.
+  5. Training             the head trains in seconds and keeps its best epoch.
+  6. Evaluation           accuracy, loss and a confusion matrix on unseen images.
+  7. Plots                training history, sample predictions, confusions.
+  8. Export               a SavedModel (and TFLite) that you can reload and use.
   Extra lessons, off by default: --augment, --fine-tune-epochs, --tflite,
   and --predict to classify new photos with an exported run.
 
@@ -34,21 +34,20 @@ import time
 # (the tf-keras package) before TensorFlow is imported.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# On a CPU, each batch of MobileNetV2 activations is tens of MB. By default
-# the C library maps fresh zeroed pages for every such tensor and returns
-# them after; TensorFlow's own BFC allocator reuses its memory instead, which
-# more than doubled the feature pass on a 2-core machine (see README).
+# A batch of MobileNetV2 activations is tens of MB. TensorFlow's BFC allocator
+# reuses that memory; the default CPU allocator asks the operating system for
+# fresh pages every batch, which made the feature pass 2-3x slower here.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 
 def interrupted():
-    print("\nInterrupted: nothing of this run was saved; earlier runs are untouched.", file=sys.stderr)
+    print("\nInterrupted: no run folder was written; earlier runs are untouched.", file=sys.stderr)
     sys.exit(130)
 
 
 # TensorFlow's C++ core prints start-up chatter (such as CUDA probes on a
-# machine without a GPU) before any setting can quiet it, so stderr is muted
-# while it loads: our own messages then stand alone.
+# machine without a GPU) before any setting can quiet it: mute stderr while
+# it loads, so that our own messages stand alone.
 stderr_fd = os.dup(2)
 os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 try:
@@ -62,16 +61,14 @@ except KeyboardInterrupt:
 finally:
     os.dup2(stderr_fd, 2)
 
-# ----------------------------------------------------------------------------
-# 1. Configuration
-# ----------------------------------------------------------------------------
+# 1. Configuration -----------------------------------------------------------
 # MobileNetV2 trained on ImageNet, as a feature vector: it takes float images
 # in [0, 1] of 224x224 pixels and returns 1280 numbers describing each image.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 CIFAR10_CAT, CIFAR10_DOG = 3, 5
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# Running the network without training: batches of 32 keep more of each
-# layer's activations in the CPU caches than 64 and were 15% faster here.
+# Only running the network, not training it: on a CPU, batches of 32 keep
+# more activations in cache than 64 (15% faster here); a GPU is fine either way.
 INFERENCE_BATCH_SIZE = 32
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -85,11 +82,11 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=224,
                    help="pixels per side that the module expects (default: 224)")
     p.add_argument("--epochs", type=int, default=10, help="epochs to train the head (default: 10)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per training batch (default: 64)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="for the head (default: 0.001)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout rate before the head (default: 0.2)")
-    p.add_argument("--validation-split", type=float, default=0.1,
-                   help="fraction of training images held out for validation (default: 0.1)")
+    p.add_argument("--validation-split", type=float, default=0.1, help="fraction of training images "
+                   "held out for validation, and for testing when DIR has no test/ (default: 0.1)")
     p.add_argument("--max-images", type=int, help="use at most this many images per split, "
                    "for a quick first run on a CPU (default: all)")
     p.add_argument("--output-dir", help="folder for this run (default: a new runs/<date-time>)")
@@ -100,8 +97,8 @@ def parse_args(argv=None):
                    "computed once and every epoch runs MobileNetV2 again (much slower)")
     p.add_argument("--fine-tune-epochs", type=int, default=0,
                    help="after training the head, unfreeze the base for N epochs (default: 0)")
-    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-5,
-                   help="learning rate while fine-tuning (default: 1e-05)")
+    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4,
+                   help="learning rate while fine-tuning, a tenth of the head's (default: 0.0001)")
     p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")
     p.add_argument("--predict", nargs="+", metavar="IMAGE",
                    help="classify these images with the run in --model-dir instead of training")
@@ -133,10 +130,10 @@ def check_args(args):
 
 
 def prepare_output_dir(output_dir):
-    """Refuse to touch an earlier run; write this one into OUTPUT.partial."""
+    """Never touch an earlier run: this one is written into OUTPUT.partial."""
     if output_dir is None:  # a new folder per run, even for two runs in the same second
-        stamp = output_dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-        n = 1
+        stamp = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        output_dir, n = stamp, 1
         while os.path.exists(output_dir) or os.path.exists(output_dir + ".partial"):
             n += 1
             output_dir = f"{stamp}-{n}"
@@ -150,16 +147,12 @@ def prepare_output_dir(output_dir):
              "delete it or choose another --output-dir")
     try:
         os.makedirs(work_dir)
-        open(os.path.join(work_dir, ".write-test"), "w").close()
     except OSError as e:
-        fail(f"cannot write to --output-dir {output_dir} ({e.strerror}); choose a folder you can write to")
-    os.remove(os.path.join(work_dir, ".write-test"))
+        fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose a folder you can write to")
     return output_dir, work_dir
 
 
-# ----------------------------------------------------------------------------
-# 2. Data
-# ----------------------------------------------------------------------------
+# 2. Data --------------------------------------------------------------------
 # Each split is a pair (x, y): x holds either the images themselves (CIFAR-10
 # arrives as arrays) or image file paths (your folders), y the class numbers.
 
@@ -178,13 +171,14 @@ def load_cifar10_cats_and_dogs():
     return splits, ["cat", "dog"]
 
 
-def list_images(folder, class_names=None):
-    """Image files in folder/<class>/, classes in sorted order, hidden files ignored."""
-    if class_names is None:
-        class_names = sorted(d for d in os.listdir(folder)
-                             if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
+# Why not tf.keras.utils.image_dataset_from_directory? It stops at the first
+# broken file and splits only two ways; listing the files ourselves lets us
+# skip broken ones up front and carve out validation and test alike.
+
+def list_images(folder, classes):
+    """Image files in folder/<class>/ for each class; hidden files are ignored."""
     paths, labels = [], []
-    for label, name in enumerate(class_names):
+    for label, name in enumerate(classes):
         class_dir = os.path.join(folder, name)
         files = sorted(f for f in os.listdir(class_dir) if not f.startswith(".")
                        and f.lower().endswith(IMAGE_EXTENSIONS)) if os.path.isdir(class_dir) else []
@@ -193,7 +187,7 @@ def list_images(folder, class_names=None):
                  "add some or remove the folder")
         paths += [os.path.join(class_dir, f) for f in files]
         labels += [label] * len(files)
-    return np.array(paths), np.array(labels, dtype=np.int64), class_names
+    return np.array(paths), np.array(labels, dtype=np.int64)
 
 
 def load_image_folders(data_dir):
@@ -207,11 +201,9 @@ def load_image_folders(data_dir):
     if len(classes) < 2:
         fail(f"--data-dir {train_dir} has {len(classes)} class folder(s); "
              "a classifier needs at least 2, e.g. DIR/cat/*.jpg and DIR/dog/*.jpg")
-    x, y, classes = list_images(train_dir, classes)
-    splits = {"train": (x, y)}
+    splits = {"train": list_images(train_dir, classes)}
     if has_splits:
-        x_test, y_test, _ = list_images(os.path.join(data_dir, "test"), classes)
-        splits["test"] = (x_test, y_test)
+        splits["test"] = list_images(os.path.join(data_dir, "test"), classes)
     return splits, classes
 
 
@@ -229,14 +221,14 @@ def find_unreadable_images(paths):
     return [p for p in paths if p not in ok]
 
 
-def shuffle(x, y, seed):
+def shuffled(x, y, seed):
     order = np.random.default_rng(seed).permutation(len(x))
     return x[order], y[order]
 
 
 def split_off(x, y, fraction, seed):
     """Shuffle (the same way for the same --seed) and cut off a fraction as a new split."""
-    x, y = shuffle(x, y, seed)
+    x, y = shuffled(x, y, seed)
     cut = max(1, round(len(x) * fraction))
     return (x[cut:], y[cut:]), (x[:cut], y[:cut])
 
@@ -248,22 +240,21 @@ def load_data(args):
         splits, classes = load_cifar10_cats_and_dogs()
     if "test" not in splits:
         splits["train"], splits["test"] = split_off(*splits["train"], args.validation_split, args.seed)
-    else:  # class-sorted from the folders: shuffle so any --max-images slice has every class
-        splits["test"] = shuffle(*splits["test"], args.seed)
+    else:  # shuffled, so that a --max-images slice and the sample plot show every class
+        splits["test"] = shuffled(*splits["test"], args.seed)
     splits["train"], splits["validation"] = split_off(*splits["train"], args.validation_split, args.seed)
     skipped = []
     for name, (x, y) in splits.items():
         x, y = x[:args.max_images], y[:args.max_images]
-        if x.dtype.kind == "U":
+        if x.dtype.kind == "U":  # file paths: drop the ones that cannot be decoded
             bad = find_unreadable_images(x)
             skipped += bad
-            keep = ~np.isin(x, bad)
-            x, y = x[keep], y[keep]
+            x, y = x[~np.isin(x, bad)], y[~np.isin(x, bad)]
         if len(x) == 0:
             fail(f"the {name} split has no readable images; add more images to --data-dir")
         splits[name] = (x, y)
     for i in set(range(len(classes))) - set(splits["train"][1]):
-        fail(f"no readable training images of class {classes[i]} in --data-dir {args.data_dir}; "
+        fail(f"no readable training images of class {classes[i]} in {args.data_dir or 'CIFAR-10'}; "
              "add good images to its folder or remove the folder")
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable image file(s): {', '.join(skipped)}",
@@ -277,29 +268,29 @@ def load_data(args):
 def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, seed=0):
     """A tf.data pipeline that decodes, resizes and scales images on the fly.
 
-    Nothing is stored upscaled: 12000 images at 224x224 float32 would be 7 GB.
+    The network learned on 224x224 photos, so CIFAR's 32x32 images are
+    upscaled to let its filters see objects at the scale they know. Nothing
+    is stored upscaled: 12000 images at 224x224 in float32 would be 7 GB.
     TF Hub image modules expect float pixels in [0, 1], hence the / 255.
     """
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed)
-    if x.dtype.kind == "U":
+    if x.dtype.kind == "U":  # file paths, not pixels
         ds = ds.map(lambda path, label: (read_image(path), label), num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda image, label: (tf.image.resize(image, (image_size, image_size)) / 255.0, label),
                 num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)
-    if augment:
-        augmenter = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal", seed=seed),
-                                         tf.keras.layers.RandomRotation(0.05, seed=seed),
-                                         tf.keras.layers.RandomZoom(0.1, seed=seed)])
+    if augment:  # in the pipeline, not the model: the exported model stays a plain classifier
+        augmenter = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
+                                         tf.keras.layers.RandomRotation(0.05),
+                                         tf.keras.layers.RandomZoom(0.1)])
         ds = ds.map(lambda images, labels: (augmenter(images, training=True), labels),
                     num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
-# ----------------------------------------------------------------------------
-# 3. Model
-# ----------------------------------------------------------------------------
+# 3. Model -------------------------------------------------------------------
 
 def describe_device():
     """TensorFlow puts the work on a GPU by itself when it sees one."""
@@ -308,13 +299,14 @@ def describe_device():
 
 
 def build_model(handle, image_size, num_classes, dropout):
-    """Three Keras models that share the same layers.
+    """The frozen base, and three Keras models that share its layers and the head's.
 
     model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export.
     extractor  images -> MobileNetV2 features: run once per image.
     head       features -> Dropout -> Dense: what we train.
     Training the head trains the model, because they share the Dropout and
-    Dense layers.
+    Dense layers. Dropout hides random features during training, so that
+    the head cannot lean on a few of them (1280 inputs, few thousand images).
     """
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     try:
@@ -329,7 +321,7 @@ def build_model(handle, image_size, num_classes, dropout):
         # when fine-tuning: on a small dataset, updating their ImageNet statistics
         # would wreck the features the base has already learned.
         features = base(images, training=False)
-    except Exception:
+    except (ValueError, TypeError):
         fail(f"the module {handle} does not accept {image_size}x{image_size} images; "
              "set --image-size to the size it was built for (224 for MobileNetV2)")
     if len(features.shape) != 2:
@@ -341,7 +333,7 @@ def build_model(handle, image_size, num_classes, dropout):
     extractor = tf.keras.Model(images, features, name="feature_extractor")
     feature_input = tf.keras.Input(shape=features.shape[1:], name="features")
     head = tf.keras.Model(feature_input, classify(drop(feature_input)), name="head")
-    return model, extractor, head
+    return model, base, extractor, head
 
 
 def compile_for_training(model, learning_rate):
@@ -349,70 +341,69 @@ def compile_for_training(model, learning_rate):
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
-# ----------------------------------------------------------------------------
-# 4. Bottleneck features
-# ----------------------------------------------------------------------------
-# The central idea. The base is frozen, so it maps each image to the same
-# 1280 features in every epoch. Running MobileNetV2 is nearly all the work,
-# so we run it once per image, keep the features (1280 floats, 5 KB each), and
-# train the head on them: an epoch then takes milliseconds instead of minutes.
+# 4. Bottleneck features -----------------------------------------------------
+# The central idea. The "bottleneck" is the base's last layer: the 1280
+# features it boils each image down to. The base is frozen, so it gives the
+# same features for an image in every epoch. Running MobileNetV2 is nearly
+# all the work, so we run it once per image, keep the features (5 KB each),
+# and train the head on them: an epoch then takes milliseconds, not minutes.
 
-def extract_features(extractor, dataset):
-    return extractor.predict(dataset, verbose=1)
-
-
-# ----------------------------------------------------------------------------
-# 5. Training
-# ----------------------------------------------------------------------------
-
-def keep_best_epoch(epochs):
-    """Restore the weights of the epoch with the best validation accuracy."""
-    return tf.keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=epochs,
-                                            restore_best_weights=True, verbose=1)
+def extract_features(extractor, images, labels):
+    """A dataset of (features, label) pairs, held in memory."""
+    return tf.data.Dataset.from_tensor_slices((extractor.predict(images), labels))
 
 
-def train(model, train_data, val_data, epochs, batch_size=None):
-    """model.fit on (x, y) arrays of features or on tf.data datasets of images."""
-    kwargs = dict(x=train_data[0], y=train_data[1], batch_size=batch_size) \
-        if isinstance(train_data, tuple) else dict(x=train_data)
-    history = model.fit(**kwargs, validation_data=val_data, epochs=epochs,
-                        callbacks=[keep_best_epoch(epochs)], verbose=1)
-    return history.history
+# 5. Training ----------------------------------------------------------------
+
+def train(model, train_data, val_data, epochs):
+    """model.fit, keeping the weights of the epoch with the lowest validation loss.
+
+    The best epoch is chosen on validation data, never on the test images:
+    those must stay unseen to tell honestly how the model does on new photos.
+    Loss rather than accuracy: on a small validation set many epochs tie on
+    accuracy. patience=epochs: EarlyStopping never stops early, only restores.
+    """
+    keep_best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
+                                                 restore_best_weights=True, verbose=1)
+    return model.fit(train_data, validation_data=val_data, epochs=epochs,
+                     callbacks=[keep_best]).history
 
 
-def fine_tune(model, base, train_ds, val_ds, args, val_accuracy_before):
-    """Unfreeze the base and nudge all its weights towards our classes.
+def kept_val_accuracy(history):
+    """The validation accuracy of the epoch whose weights were kept."""
+    return history["val_accuracy"][int(np.argmin(history["val_loss"]))]
 
-    The learning rate is far smaller than the head's: large steps would erase
-    what MobileNetV2 learned on ImageNet before the head's gradients settle.
+
+def fine_tune(model, base, train_images, val_images, args, val_accuracy_before):
+    """Unfreeze the base and nudge all of its weights towards our classes.
+
+    The learning rate is far smaller than the head's: a few thousand images
+    give noisy gradients, and big steps would overwrite ImageNet's features
+    with that noise. If no epoch beats the frozen model on validation, the
+    frozen model is kept.
     """
     before = model.get_weights()
     base.trainable = True
-    compile_for_training(model, args.fine_tune_learning_rate)  # recompile: trainability changed
-    history = train(model, train_ds, val_ds, args.fine_tune_epochs)
-    if max(history["val_accuracy"]) < val_accuracy_before:
+    compile_for_training(model, args.fine_tune_learning_rate)  # compile() fixes what is trainable
+    history = train(model, train_images, val_images, args.fine_tune_epochs)
+    if kept_val_accuracy(history) < val_accuracy_before:
         print("Fine-tuning did not beat the frozen model on validation; keeping the frozen one.")
         model.set_weights(before)
-    base.trainable = False
     return history
 
 
-# ----------------------------------------------------------------------------
-# 6. Evaluation
-# ----------------------------------------------------------------------------
+# 6. Evaluation --------------------------------------------------------------
 
-def evaluate(model, test_ds, y_test, num_classes):
+def evaluate(model, test_images, y_test, num_classes):
     """One pass of the whole model over the test images, as a user will run it."""
-    probabilities = model.predict(test_ds, verbose=1)
-    loss = tf.keras.losses.sparse_categorical_crossentropy(y_test, probabilities)
+    probabilities = model.predict(test_images)
     predicted = probabilities.argmax(axis=1)
-    confusion = tf.math.confusion_matrix(y_test, predicted, num_classes=num_classes)
-    return probabilities, float(np.mean(predicted == y_test)), float(np.mean(loss)), confusion.numpy()
+    return dict(probabilities=probabilities, accuracy=float(np.mean(predicted == y_test)),
+                loss=float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(y_test, probabilities))),
+                confusion=tf.math.confusion_matrix(y_test, predicted, num_classes=num_classes).numpy())
 
 
-# ----------------------------------------------------------------------------
-# 7. Plots
-# ----------------------------------------------------------------------------
+# 7. Plots -------------------------------------------------------------------
 
 def plot_history(history, fine_tune_start, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -453,17 +444,17 @@ def plot_confusion_matrix(confusion, classes, path):
     fig.savefig(path)
 
 
-# ----------------------------------------------------------------------------
-# 8. Export
-# ----------------------------------------------------------------------------
+# 8. Export ------------------------------------------------------------------
 
-def export_model(model, work_dir, check_images, check_probabilities):
-    """Save the whole model, then reload it and check it predicts as before.
+def export_model(model, classes, work_dir, check_images, check_probabilities):
+    """Save the whole model and its labels, reload it, check it predicts as before.
 
     The SavedModel needs neither Keras nor tensorflow_hub to run: any
     TensorFlow program (or TF Serving) can tf.saved_model.load it.
     """
     model.save(os.path.join(work_dir, "model"))
+    with open(os.path.join(work_dir, "labels.txt"), "w") as f:
+        f.write("".join(c + "\n" for c in classes))
     reloaded = tf.saved_model.load(os.path.join(work_dir, "model"))
     difference = np.abs(reloaded(check_images).numpy() - check_probabilities).max()
     print(f"Reloaded model/ predicts as the trained model (largest difference {difference:.1e}).")
@@ -477,12 +468,9 @@ def export_tflite(model, work_dir, check_images, check_probabilities):
     path = os.path.join(work_dir, "model.tflite")
     with open(path, "wb") as f:
         f.write(tflite)
-    interpreter = tf.lite.Interpreter(model_path=path)
-    run = interpreter.get_signature_runner()
-    input_name = next(iter(run.get_input_details()))
-    tflite_classes = np.concatenate(
-        [next(iter(run(**{input_name: image[None]}).values())).argmax(1) for image in check_images])
-    agree = np.mean(tflite_classes == check_probabilities.argmax(1))
+    runner = tf.lite.Interpreter(model_path=path).get_signature_runner()
+    tflite_classes = [runner(images=image[None])["classifier"].argmax() for image in check_images]
+    agree = float(np.mean(tflite_classes == check_probabilities.argmax(1)))
     print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, same class as the SavedModel "
           f"on {agree:.0%} of {len(check_images)} test images.")
     return agree
@@ -494,9 +482,9 @@ def predict_images(paths, model_dir):
         fail(f"--model-dir {model_dir} is not an exported run (no labels.txt); "
              "give a folder written by an earlier training run")
     with open(os.path.join(model_dir, "labels.txt")) as f:
-        classes = f.read().split("\n")[:-1]
+        classes = f.read().splitlines()
     model = tf.saved_model.load(os.path.join(model_dir, "model"))
-    size = model.signatures["serving_default"].inputs[0].shape[1]
+    size = model.signatures["serving_default"].inputs[0].shape[1]  # the size it was trained at
     failed = 0
     for path in paths:
         try:
@@ -511,9 +499,93 @@ def predict_images(paths, model_dir):
     return 2 if failed else 0
 
 
-# ----------------------------------------------------------------------------
-# main(): the tutorial's table of contents
-# ----------------------------------------------------------------------------
+# The whole lesson in order, and main() -------------------------------------
+
+def run(args, work_dir):
+    """Every step of the lesson, in order; the files go into work_dir."""
+    clock = [("start", time.perf_counter())]
+    device = describe_device()
+    print(f"Running on {device}.")
+
+    # 2. Data: pipelines that stream images, and one that also augments.
+    splits, classes, skipped = load_data(args)
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        splits["train"], splits["validation"], splits["test"])
+    datasets = {name: make_dataset(x, y, args.image_size, INFERENCE_BATCH_SIZE)
+                for name, (x, y) in splits.items()}
+    train_images = make_dataset(x_train, y_train, args.image_size, args.batch_size,
+                                shuffle=True, augment=args.augment, seed=args.seed)
+    clock.append(("data", time.perf_counter()))
+
+    # 3. Model: only the head's Dense layer has trainable weights.
+    model, base, extractor, head = build_model(args.model_handle, args.image_size,
+                                               len(classes), args.dropout)
+    model.summary()
+    clock.append(("model", time.perf_counter()))
+
+    # 4. Features, once per image, and the head that trains on them; with
+    # --augment the images change every epoch, so the base sees them every epoch.
+    if args.augment:
+        trainee, train_data, val_data = model, train_images, datasets["validation"]
+    else:
+        print("Computing MobileNetV2 features, once per image:")
+        trainee = head
+        train_data = (extract_features(extractor, datasets["train"], y_train)
+                      .shuffle(len(y_train), seed=args.seed).batch(args.batch_size))
+        val_data = extract_features(extractor, datasets["validation"], y_val).batch(args.batch_size)
+    clock.append(("features", time.perf_counter()))
+
+    # 5. Training
+    compile_for_training(trainee, args.learning_rate)
+    accuracy_before = trainee.evaluate(val_data, verbose=0)[1]
+    print(f"Validation accuracy before training: {accuracy_before:.3f} "
+          f"(chance is about {1 / len(classes):.3f})")
+    history = train(trainee, train_data, val_data, args.epochs)
+    val_accuracy = {"after_head": kept_val_accuracy(history)}
+    clock.append(("training", time.perf_counter()))
+
+    fine_tune_start, head_test_accuracy = None, None
+    if args.fine_tune_epochs:
+        head_test_accuracy = evaluate(model, datasets["test"], y_test, len(classes))["accuracy"]
+        print(f"Test accuracy with the frozen base: {head_test_accuracy:.4f}")
+        more = fine_tune(model, base, train_images, datasets["validation"], args,
+                         val_accuracy["after_head"])
+        fine_tune_start = len(history["loss"])
+        history = {k: history[k] + more[k] for k in history}
+        val_accuracy["after_fine_tuning"] = max(val_accuracy["after_head"], kept_val_accuracy(more))
+        clock.append(("fine_tuning", time.perf_counter()))
+
+    # 6. Evaluation: the whole model, on test images it has never seen.
+    result = evaluate(model, datasets["test"], y_test, len(classes))
+    print(f"Test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on {len(y_test)} images")
+    print("Confusion matrix (rows: true class, columns: predicted):\n", result["confusion"])
+    clock.append(("evaluation", time.perf_counter()))
+
+    # 7. Plots
+    sample_images = next(iter(datasets["test"]))[0][:16].numpy()
+    plot_history(history, fine_tune_start, os.path.join(work_dir, "history.png"))
+    plot_predictions(sample_images, y_test, result["probabilities"], classes,
+                     os.path.join(work_dir, "predictions.png"))
+    plot_confusion_matrix(result["confusion"], classes, os.path.join(work_dir, "confusion_matrix.png"))
+    clock.append(("plots", time.perf_counter()))
+
+    # 8. Export
+    check = (sample_images, result["probabilities"][:len(sample_images)])
+    export_model(model, classes, work_dir, *check)
+    tflite_agreement = export_tflite(model, work_dir, *check) if args.tflite else None
+    clock.append(("export", time.perf_counter()))
+    metrics = dict(
+        classes=classes, num_train=len(y_train), num_val=len(y_val), num_test=len(y_test),
+        skipped_files=skipped, accuracy_before_training=accuracy_before, val_accuracy=val_accuracy,
+        head_test_accuracy=head_test_accuracy, test_accuracy=result["accuracy"],
+        test_loss=result["loss"], confusion_matrix=result["confusion"].tolist(), epochs=args.epochs,
+        fine_tune_epochs=args.fine_tune_epochs, augment=args.augment, tflite_agreement=tflite_agreement,
+        image_size=args.image_size, model_handle=args.model_handle,
+        data=args.data_dir or "CIFAR-10", device=device,
+        seconds={phase: round(t - t0, 2) for (_, t0), (phase, t) in zip(clock, clock[1:])})
+    with open(os.path.join(work_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+
 
 def main(argv=None):
     args = parse_args(argv)
@@ -531,104 +603,11 @@ def main(argv=None):
         shutil.rmtree(work_dir, ignore_errors=True)
     print(f"Saved the run to {output_dir}/")
     if not args.no_show and plt.get_backend().lower() != "agg":
-        plt.show()
+        try:
+            plt.show()
+        except KeyboardInterrupt:
+            pass
     return 0
-
-
-def run(args, work_dir):
-    seconds, start = {}, time.perf_counter()
-    device = describe_device()
-    print(f"Running on {device}.")
-
-    # 2. Data
-    splits, classes, skipped = load_data(args)
-    datasets = {name: make_dataset(x, y, args.image_size, INFERENCE_BATCH_SIZE)
-                for name, (x, y) in splits.items()}
-    seconds["data"] = time.perf_counter() - start
-
-    # 3. Model: only the head's Dense layer has trainable weights.
-    model, extractor, head = build_model(args.model_handle, args.image_size, len(classes), args.dropout)
-    base = model.get_layer("mobilenet_v2")
-    model.summary()
-
-    # 4. Features, once per image; 5. training the head on them.
-    start = time.perf_counter()
-    (x_train, y_train), (x_val, y_val) = splits["train"], splits["validation"]
-    compile_for_training(model, args.learning_rate)
-    compile_for_training(head, args.learning_rate)
-    if args.augment:
-        # Augmented images change every epoch, so the base must see them every epoch.
-        train_data = make_dataset(x_train, y_train, args.image_size, args.batch_size,
-                                  shuffle=True, augment=True, seed=args.seed)
-        accuracy_before = model.evaluate(datasets["validation"], verbose=0)[1]
-        seconds["features"] = 0.0
-        print(f"Validation accuracy before training: {accuracy_before:.3f}")
-        start = time.perf_counter()
-        history = train(model, train_data, datasets["validation"], args.epochs)
-    else:
-        print("Computing MobileNetV2 features, once per image:")
-        train_data = (extract_features(extractor, datasets["train"]), y_train)
-        val_data = (extract_features(extractor, datasets["validation"]), y_val)
-        seconds["features"] = time.perf_counter() - start
-        accuracy_before = head.evaluate(*val_data, verbose=0)[1]
-        print(f"Validation accuracy before training: {accuracy_before:.3f} "
-              f"(chance is about {1 / len(classes):.3f})")
-        start = time.perf_counter()
-        history = train(head, train_data, val_data, args.epochs, args.batch_size)
-    seconds["training"] = time.perf_counter() - start
-    val_accuracy = {"head": max(history["val_accuracy"])}
-
-    # Optional lesson: fine-tune the whole network on images.
-    fine_tune_start, head_test_accuracy = None, None
-    if args.fine_tune_epochs:
-        start = time.perf_counter()
-        head_test_accuracy = evaluate(model, datasets["test"], splits["test"][1], len(classes))[1]
-        print(f"Test accuracy with the frozen base: {head_test_accuracy:.4f}")
-        train_images = make_dataset(x_train, y_train, args.image_size, args.batch_size,
-                                    shuffle=True, augment=args.augment, seed=args.seed)
-        fine_history = fine_tune(model, base, train_images, datasets["validation"], args,
-                                 val_accuracy["head"])
-        fine_tune_start = len(history["loss"])
-        history = {k: history[k] + fine_history[k] for k in history}
-        val_accuracy["fine_tuned"] = max(val_accuracy["head"], max(fine_history["val_accuracy"]))
-        seconds["fine_tuning"] = time.perf_counter() - start
-
-    # 6. Evaluation: the whole model, on test images it has never seen.
-    start = time.perf_counter()
-    x_test, y_test = splits["test"]
-    probabilities, accuracy, loss, confusion = evaluate(model, datasets["test"], y_test, len(classes))
-    seconds["evaluation"] = time.perf_counter() - start
-    print(f"Test accuracy {accuracy:.4f}, loss {loss:.4f} on {len(y_test)} images")
-    print("Confusion matrix (rows: true class, columns: predicted):\n", confusion)
-
-    # 7. Plots
-    start = time.perf_counter()
-    sample_images = np.stack([image for image, _ in make_dataset(
-        x_test[:16], y_test[:16], args.image_size, 16).unbatch().as_numpy_iterator()])
-    plot_history(history, fine_tune_start, os.path.join(work_dir, "history.png"))
-    plot_predictions(sample_images, y_test, probabilities, classes,
-                     os.path.join(work_dir, "predictions.png"))
-    plot_confusion_matrix(confusion, classes, os.path.join(work_dir, "confusion_matrix.png"))
-    seconds["plots"] = time.perf_counter() - start
-
-    # 8. Export
-    start = time.perf_counter()
-    export_model(model, work_dir, sample_images, probabilities[:16])
-    with open(os.path.join(work_dir, "labels.txt"), "w") as f:
-        f.write("".join(c + "\n" for c in classes))
-    tflite_agreement = export_tflite(model, work_dir, sample_images, probabilities[:16]) if args.tflite else None
-    seconds["export"] = time.perf_counter() - start
-    metrics = dict(
-        classes=classes, num_train=len(y_train), num_val=len(y_val), num_test=len(y_test),
-        skipped_files=skipped, accuracy_before_training=accuracy_before,
-        val_accuracy=val_accuracy, head_test_accuracy=head_test_accuracy,
-        test_accuracy=accuracy, test_loss=loss, confusion_matrix=confusion.tolist(),
-        epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, augment=args.augment,
-        tflite_agreement=tflite_agreement, image_size=args.image_size,
-        model_handle=args.model_handle, data=args.data_dir or "cifar10", device=device,
-        seconds={k: round(v, 2) for k, v in seconds.items()})
-    with open(os.path.join(work_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
 
 
 if __name__ == "__main__":

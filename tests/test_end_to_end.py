@@ -44,7 +44,7 @@ def test_exported_model_reproduces_the_reported_test_accuracy(default_run, catdo
     out, _ = default_run
     m = json.load(open(out / "metrics.json"))
     model = tf.saved_model.load(str(out / "model"))  # plain TensorFlow, as a user would
-    x, y, classes = tl.list_images(str(catdog / "test"))
+    x, y = tl.list_images(str(catdog / "test"), ["cat", "dog"])
     probabilities = np.concatenate([model(images).numpy() for images, _ in tl.make_dataset(x, y, 224, 64)])
     assert model.signatures["serving_default"].inputs[0].shape.as_list() == [None, 224, 224, 3]
     assert probabilities.shape == (40, 2) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
@@ -70,7 +70,7 @@ def test_cifar10_run_in_process_with_load_data_patched(module32, monkeypatch, tm
                     "--output-dir", str(tmp_path / "run"), "--no-show"]) == 0
     m = json.load(open(tmp_path / "run" / "metrics.json"))
     cats_and_dogs = np.isin(data[0][1], [3, 5]).sum()
-    assert m["data"] == "cifar10" and m["classes"] == ["cat", "dog"]
+    assert m["data"] == "CIFAR-10" and m["classes"] == ["cat", "dog"]
     assert m["num_train"] + m["num_val"] == cats_and_dogs
     assert m["num_test"] == np.isin(data[1][1], [3, 5]).sum()
 

@@ -502,6 +502,14 @@ def interrupt_and_wait(process, stderr):
     return seconds, "".join(stderr)
 
 
+def assert_interrupted_cleanly(process, seconds, err, out):
+    assert seconds < 15, f"took {seconds:.0f} s to stop"
+    assert process.returncode == 130, f"exit status {process.returncode}, stderr ends:\n{err[-600:]}"
+    assert "Traceback" not in err, err
+    assert_one_line(err)
+    assert_nothing_left(out)
+
+
 def test_ctrl_c_while_working_exits_promptly_and_saves_nothing(tmp_path, module32):
     data = write_colour_images(tmp_path / "data", COLOURS, 20)
     out = tmp_path / "out"
@@ -522,11 +530,7 @@ def test_ctrl_c_while_working_exits_promptly_and_saves_nothing(tmp_path, module3
         process.wait()
         raise
     seconds, err = interrupt_and_wait(process, stderr)
-    assert seconds < 15, f"took {seconds:.0f} s to stop"
-    assert process.returncode == 130, f"exit status {process.returncode}, stderr ends:\n{err[-600:]}"
-    assert "Traceback" not in err, err
-    assert_one_line(err)
-    assert_nothing_left(out)
+    assert_interrupted_cleanly(process, seconds, err, out)
 
 
 def test_ctrl_c_while_starting_up_exits_cleanly(tmp_path, fast, colours):
@@ -536,8 +540,4 @@ def test_ctrl_c_while_starting_up_exits_cleanly(tmp_path, fast, colours):
     time.sleep(1.5)
     assert process.poll() is None
     seconds, err = interrupt_and_wait(process, stderr)
-    assert seconds < 15, f"took {seconds:.0f} s to stop"
-    assert process.returncode == 130, f"exit status {process.returncode}, stderr ends:\n{err[-600:]}"
-    assert "Traceback" not in err, err
-    assert_one_line(err)
-    assert_nothing_left(out)
+    assert_interrupted_cleanly(process, seconds, err, out)

@@ -39,8 +39,8 @@ def test_fine_tuning_changes_the_base_but_not_its_batchnorm_statistics(fine_tune
 
 def test_fine_tuning_reports_both_phases_and_never_ends_below_the_head(fine_tuned):
     _, m = fine_tuned
-    assert m["fine_tune_epochs"] == 2 and set(m["val_accuracy"]) == {"head", "fine_tuned"}
-    assert m["val_accuracy"]["fine_tuned"] >= m["val_accuracy"]["head"]
+    assert m["fine_tune_epochs"] == 2 and set(m["val_accuracy"]) == {"after_head", "after_fine_tuning"}
+    assert m["val_accuracy"]["after_fine_tuning"] >= m["val_accuracy"]["after_head"]
     assert m["head_test_accuracy"] is not None and m["test_accuracy"] >= 0.9
     assert "fine_tuning" in m["seconds"]
 
@@ -50,7 +50,7 @@ def test_tflite_model_predicts_the_same_classes(fine_tuned, three_colours):
     assert m["tflite_agreement"] == 1.0
     interpreter = tf.lite.Interpreter(model_path=str(out / "model.tflite"))
     run = interpreter.get_signature_runner()
-    x, y, _ = tl.list_images(str(three_colours))
+    x, y = tl.list_images(str(three_colours), ["blue", "green", "red"])
     images = next(iter(tl.make_dataset(x[::10], y[::10], 32, 16)))[0].numpy()
     saved = tf.saved_model.load(str(out / "model"))(images).numpy()
     name = next(iter(run.get_input_details()))
@@ -60,7 +60,7 @@ def test_tflite_model_predicts_the_same_classes(fine_tuned, three_colours):
 
 def test_augmentation_trains_on_images_and_still_learns(three_colours, module32, tmp_path):
     m = train_run(three_colours, module32, tmp_path / "run", "--epochs", "15", "--augment")
-    assert m["augment"] is True and m["seconds"]["features"] == 0
+    assert m["augment"] is True
     assert m["test_accuracy"] > 0.7  # chance is 1/3
 
 
@@ -68,7 +68,7 @@ def test_augmentation_flips_rotates_and_zooms_only_training_images():
     x = np.zeros((8, 32, 32, 3), np.uint8)
     x[:, :, :8] = 255  # a white band on the left
     y = np.zeros(8, np.int64)
-    augmented = next(iter(tl.make_dataset(x, y, 32, 8, augment=True, seed=1)))[0].numpy()
+    augmented = next(iter(tl.make_dataset(x, y, 32, 8, augment=True)))[0].numpy()
     plain = next(iter(tl.make_dataset(x, y, 32, 8)))[0].numpy()
     assert not np.allclose(augmented, plain)
     assert np.allclose(plain[:, :, :8], 1) and np.allclose(plain[:, :, 8:], 0)

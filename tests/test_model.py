@@ -6,11 +6,11 @@ from conftest import tl
 
 
 def test_only_the_head_is_trainable(module32):
-    model, extractor, head = tl.build_model(module32, 32, 3, 0.2)
+    model, base, extractor, head = tl.build_model(module32, 32, 3, 0.2)
     assert model.output_shape == (None, 3)
     assert extractor.output_shape == head.input_shape
     assert [w.name.split("/")[0] for w in model.trainable_weights] == ["classifier", "classifier"]
-    assert model.get_layer("mobilenet_v2").non_trainable_weights
+    assert base.non_trainable_weights and base is model.get_layer("mobilenet_v2")
     probabilities = model.predict(np.random.rand(4, 32, 32, 3).astype("float32"), verbose=0)
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
@@ -24,35 +24,42 @@ def colour_split(n, seed):
     return x.astype(np.uint8), y
 
 
+def features_of(extractor, split, batch_size=32):
+    x, y = split
+    return tl.extract_features(extractor, tl.make_dataset(x, y, 32, 64), y).batch(batch_size)
+
+
 def test_training_the_head_trains_the_model_and_leaves_the_base_frozen(module32):
     tf.keras.utils.set_random_seed(0)
-    model, extractor, head = tl.build_model(module32, 32, 3, 0.2)
-    base = model.get_layer("mobilenet_v2")
+    model, base, extractor, head = tl.build_model(module32, 32, 3, 0.2)
     base_before = [w.numpy().copy() for w in base.weights]
     head_before = [w.numpy().copy() for w in model.get_layer("classifier").weights]
-    (x, y), (x_val, y_val) = colour_split(240, 0), colour_split(60, 1)
-    features = tl.extract_features(extractor, tl.make_dataset(x, y, 32, 64))
-    val_features = tl.extract_features(extractor, tl.make_dataset(x_val, y_val, 32, 64))
-    assert features.shape == (240, extractor.output_shape[1])
+    train, val = colour_split(240, 0), colour_split(60, 1)
+    features = features_of(extractor, train)
+    assert next(iter(features))[0].shape == (32, extractor.output_shape[1])
     tl.compile_for_training(head, 1e-2)
-    history = tl.train(head, (features, y), (val_features, y_val), 30, 32)
+    history = tl.train(head, features, features_of(extractor, val), 30)
     assert len(history["loss"]) == 30
     for before, after in zip(base_before, base.weights):
         np.testing.assert_array_equal(before, after.numpy())
     assert any(not np.allclose(b, a.numpy()) for b, a in zip(head_before, model.get_layer("classifier").weights))
     # The end-to-end model, on images, is as good as the head was on features.
-    _, accuracy, loss, confusion = tl.evaluate(model, tl.make_dataset(x_val, y_val, 32, 64), y_val, 3)
-    assert accuracy > 0.8, accuracy  # chance is 1/3
-    assert confusion.sum() == 60 and np.trace(confusion) == round(accuracy * 60)
+    result = tl.evaluate(model, tl.make_dataset(*val, 32, 64), val[1], 3)
+    assert result["accuracy"] > 0.8, result["accuracy"]  # chance is 1/3
+    assert result["confusion"].sum() == 60 and np.trace(result["confusion"]) == round(result["accuracy"] * 60)
+    assert result["probabilities"].shape == (60, 3) and result["loss"] > 0
 
 
-def test_keeps_the_weights_of_the_best_validation_epoch(module32):
+def test_keeps_the_weights_of_the_epoch_with_the_lowest_validation_loss(module32):
     tf.keras.utils.set_random_seed(0)
-    _, extractor, head = tl.build_model(module32, 32, 3, 0.0)
-    (x, y), (x_val, y_val) = colour_split(120, 0), colour_split(60, 1)
-    features = tl.extract_features(extractor, tl.make_dataset(x, y, 32, 64))
-    val_features = tl.extract_features(extractor, tl.make_dataset(x_val, y_val, 32, 64))
-    tl.compile_for_training(head, 0.5)  # a rate so high that the last epoch is rarely the best
-    history = tl.train(head, (features, y), (val_features, y_val), 8, 16)
-    final = head.evaluate(val_features, y_val, verbose=0)[1]
-    assert np.isclose(final, max(history["val_accuracy"]))
+    _, _, extractor, head = tl.build_model(module32, 32, 3, 0.0)
+    x_val, y_val = colour_split(60, 1)
+    train = features_of(extractor, colour_split(120, 0), 16)
+    # Validation labels that contradict training: the better the head learns,
+    # the worse validation gets, so the best epoch is an early one.
+    val = features_of(extractor, (x_val, (y_val + 1) % 3))
+    tl.compile_for_training(head, 0.05)
+    history = tl.train(head, train, val, 8)
+    assert min(history["val_loss"]) < history["val_loss"][-1]
+    final_loss = head.evaluate(val, verbose=0)[0]
+    assert np.isclose(final_loss, min(history["val_loss"]), rtol=1e-4)
