@@ -103,6 +103,7 @@ def parse_args(argv=None):
     p.add_argument("--predict", nargs="+", metavar="IMAGE",
                    help="classify these images with the run in --model-dir instead of training")
     p.add_argument("--model-dir", help="a run folder written by an earlier training run, for --predict")
+    p.error = fail  # a mistyped flag gets the same one-line error as any other bad input
     return p.parse_args(argv)
 
 
@@ -249,7 +250,8 @@ def load_data(args):
         if x.dtype.kind == "U":  # file paths: drop the ones that cannot be decoded
             bad = find_unreadable_images(x)
             skipped += bad
-            x, y = x[~np.isin(x, bad)], y[~np.isin(x, bad)]
+            readable = ~np.isin(x, bad)
+            x, y = x[readable], y[readable]
         if len(x) == 0:
             fail(f"the {name} split has no readable images; add more images to --data-dir")
         splits[name] = (x, y)

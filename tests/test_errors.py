@@ -541,3 +541,9 @@ def test_ctrl_c_while_starting_up_exits_cleanly(tmp_path, fast, colours):
     assert process.poll() is None
     seconds, err = interrupt_and_wait(process, stderr)
     assert_interrupted_cleanly(process, seconds, err, out)
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "abc"], ["--no-such-flag"]])
+def test_mistyped_flag_is_one_line_error(argv, capfd):
+    line = main_error(capfd, *argv)
+    assert argv[0] in line and line.startswith("error:"), line
