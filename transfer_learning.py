@@ -267,21 +267,30 @@ def load_data(args):
     return splits, classes, skipped
 
 
+def network_input(image, image_size):
+    """An image as the network takes it: float pixels in [0, 1], image_size square.
+
+    TF Hub image modules take pixels in [0, 1]. convert_image_dtype divides
+    by 255 only while the pixels are still integers, so it comes first (for
+    CIFAR that is also 49 times fewer pixels than after upscaling). The
+    network learned on 224x224 photos, so CIFAR's 32x32 images are upscaled
+    to let its filters see objects at the scale they know.
+    """
+    pixels = tf.image.convert_image_dtype(image, tf.float32)
+    return tf.image.resize(pixels, (image_size, image_size))
+
+
 def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, seed=0):
     """A tf.data pipeline that decodes, resizes and scales images on the fly.
 
-    The network learned on 224x224 photos, so CIFAR's 32x32 images are
-    upscaled to let its filters see objects at the scale they know. Nothing
-    is stored upscaled: 12000 images at 224x224 in float32 would be 7 GB.
-    TF Hub image modules expect float pixels in [0, 1], hence the / 255.
+    Nothing is stored upscaled: 12000 images at 224x224 in float32 would be 7 GB.
     """
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed)
     if x.dtype.kind == "U":  # file paths, not pixels
         ds = ds.map(lambda path, label: (read_image(path), label), num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda image, label: (tf.image.resize(image, (image_size, image_size)) / 255.0, label),
-                num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda image, label: (network_input(image, image_size), label), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)
     if augment:  # in the pipeline, not the model: the exported model stays a plain classifier
         augmenter = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
@@ -293,12 +302,6 @@ def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, see
 
 
 # 3. Model -------------------------------------------------------------------
-
-def describe_device():
-    """TensorFlow puts the work on a GPU by itself when it sees one."""
-    gpus = tf.config.list_physical_devices("GPU")
-    return f"GPU ({', '.join(g.name for g in gpus)})" if gpus else "CPU"
-
 
 def build_model(handle, image_size, num_classes, dropout):
     """The frozen base, and three Keras models that share its layers and the head's.
@@ -381,12 +384,21 @@ def fine_tune(model, base, train_images, val_images, args, val_accuracy_before):
 
     The learning rate is far smaller than the head's: a few thousand images
     give noisy gradients, and big steps would overwrite ImageNet's features
-    with that noise. If no epoch beats the frozen model on validation, the
-    frozen model is kept.
+    with that noise. It also warms up: Adam's first steps move every weight
+    by the full rate before its gradient averages settle, which knocked the
+    model back below the frozen one. It then decays to zero, to settle in.
+    BatchNorm stays in inference mode (see build_model): its scale and offset
+    train, its ImageNet mean and variance do not.
+    If no epoch beats the frozen model on validation, the frozen one is kept.
     """
     before = model.get_weights()
     base.trainable = True
-    compile_for_training(model, args.fine_tune_learning_rate)  # compile() fixes what is trainable
+    steps = args.fine_tune_epochs * len(train_images)  # len() of a batched dataset counts batches
+    warmup = steps // 10
+    schedule = tf.keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=args.fine_tune_learning_rate, warmup_steps=warmup,
+        decay_steps=steps - warmup)
+    compile_for_training(model, schedule)  # compile() fixes what is trainable
     history = train(model, train_images, val_images, args.fine_tune_epochs)
     if kept_val_accuracy(history) < val_accuracy_before:
         print("Fine-tuning did not beat the frozen model on validation; keeping the frozen one.")
@@ -485,12 +497,16 @@ def predict_images(paths, model_dir):
              "give a folder written by an earlier training run")
     with open(os.path.join(model_dir, "labels.txt")) as f:
         classes = f.read().splitlines()
-    model = tf.saved_model.load(os.path.join(model_dir, "model"))
+    try:
+        model = tf.saved_model.load(os.path.join(model_dir, "model"))
+    except Exception as e:
+        fail(f"cannot load the model in {model_dir}/model ({type(e).__name__}); "
+             "train again to export a complete run")
     size = model.signatures["serving_default"].inputs[0].shape[1]  # the size it was trained at
     failed = 0
     for path in paths:
         try:
-            image = tf.image.resize(read_image(path), (size, size)) / 255.0
+            image = network_input(read_image(path), size)
         except Exception:
             print(f"error: cannot read {path} as an image; skipping it", file=sys.stderr)
             failed += 1
@@ -506,7 +522,8 @@ def predict_images(paths, model_dir):
 def run(args, work_dir):
     """Every step of the lesson, in order; the files go into work_dir."""
     clock = [("start", time.perf_counter())]
-    device = describe_device()
+    # TensorFlow puts the work on a GPU by itself when it sees one.
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     print(f"Running on {device}.")
 
     # 2. Data: pipelines that stream images, and one that also augments.

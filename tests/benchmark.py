@@ -72,7 +72,7 @@ base = hub.KerasLayer(module, trainable=False)
 start = time.perf_counter()
 decode = lambda p: tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
 images = (tf.data.Dataset.from_tensor_slices(paths)
-          .map(lambda p: tf.image.resize(decode(p), (size, size)) / 255.0,
+          .map(lambda p: tf.image.resize(tf.image.convert_image_dtype(decode(p), tf.float32), (size, size)),
                num_parallel_calls=tf.data.AUTOTUNE)
           .batch(batch).prefetch(tf.data.AUTOTUNE))
 count = sum(int(base(x).shape[0]) for x in images)

@@ -1,6 +1,7 @@
 """Extra lessons: fine-tuning, augmentation, TFLite export, predicting new photos."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -107,3 +108,12 @@ def test_predict_without_an_exported_run_is_a_clear_error(tmp_path):
     result = run_script("--predict", "x.jpg", "--model-dir", tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--model-dir" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_predict_with_a_damaged_model_is_a_clear_error(colour_run, three_colours, tmp_path):
+    damaged = tmp_path / "run"
+    shutil.copytree(colour_run, damaged)
+    (damaged / "model" / "saved_model.pb").write_bytes(b"truncated")
+    result = run_script("--predict", three_colours / "red" / "000.png", "--model-dir", damaged)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train again" in result.stderr and len(result.stderr.strip().splitlines()) == 1
