@@ -79,8 +79,7 @@ def parse_args(argv=None):
                    "DIR/test/<class>/ (default: CIFAR-10 cats and dogs, downloaded)")
     p.add_argument("--model-handle", default=DEFAULT_HANDLE, help="TF Hub URL or local SavedModel "
                    "folder of an image feature vector (default: MobileNetV2 on TF Hub)")
-    p.add_argument("--image-size", type=int, default=224,
-                   help="pixels per side that the module expects (default: 224)")
+    p.add_argument("--image-size", type=int, default=224, help="pixels per side the module expects (default: 224)")
     p.add_argument("--epochs", type=int, default=10, help="epochs to train the head (default: 10)")
     p.add_argument("--batch-size", type=int, default=64, help="images per training batch (default: 64)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="for the head (default: 0.001)")
@@ -95,8 +94,7 @@ def parse_args(argv=None):
     p.add_argument("--augment", action="store_true", help="random flips, rotations and zooms of "
                    "training images; augmented images change every epoch, so features cannot be "
                    "computed once and every epoch runs MobileNetV2 again (much slower)")
-    p.add_argument("--fine-tune-epochs", type=int, default=0,
-                   help="after training the head, unfreeze the base for N epochs (default: 0)")
+    p.add_argument("--fine-tune-epochs", type=int, default=0, help="then unfreeze the base for N epochs (default: 0)")
     p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4,
                    help="learning rate while fine-tuning, a tenth of the head's (default: 0.0001)")
     p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")
@@ -268,13 +266,11 @@ def load_data(args):
 
 
 def network_input(image, image_size):
-    """An image as the network takes it: float pixels in [0, 1], image_size square.
+    """Float pixels in [0, 1], as TF Hub modules take them, at image_size square.
 
-    TF Hub image modules take pixels in [0, 1]. convert_image_dtype divides
-    by 255 only while the pixels are still integers, so it comes first (for
-    CIFAR that is also 49 times fewer pixels than after upscaling). The
-    network learned on 224x224 photos, so CIFAR's 32x32 images are upscaled
-    to let its filters see objects at the scale they know.
+    The network learned on 224x224 photos: upscaling CIFAR's 32x32 images lets
+    its filters see objects at the scale they know. Pixels become floats first:
+    convert_image_dtype divides by 255 only while they are integers.
     """
     pixels = tf.image.convert_image_dtype(image, tf.float32)
     return tf.image.resize(pixels, (image_size, image_size))
@@ -382,14 +378,12 @@ def kept_val_accuracy(history):
 def fine_tune(model, base, train_images, val_images, args, val_accuracy_before):
     """Unfreeze the base and nudge all of its weights towards our classes.
 
-    The learning rate is far smaller than the head's: a few thousand images
-    give noisy gradients, and big steps would overwrite ImageNet's features
-    with that noise. It also warms up: Adam's first steps move every weight
-    by the full rate before its gradient averages settle, which knocked the
-    model back below the frozen one. It then decays to zero, to settle in.
-    BatchNorm stays in inference mode (see build_model): its scale and offset
-    train, its ImageNet mean and variance do not.
-    If no epoch beats the frozen model on validation, the frozen one is kept.
+    The learning rate is far smaller than the head's, so that noisy gradients
+    from a few thousand images cannot overwrite ImageNet's features. It warms
+    up (Adam's first steps move every weight by the full rate, which knocked
+    the model below the frozen one) and decays to zero. BatchNorm keeps its
+    ImageNet statistics (see build_model). If no epoch beats the frozen model
+    on validation, the frozen one is kept.
     """
     before = model.get_weights()
     base.trainable = True
