@@ -85,7 +85,7 @@ tf.keras.utils.set_random_seed(args.seed)
 splits, classes, _ = tl.load_data(args)
 data = {name: tl.make_dataset(x, y, args.image_size, args.batch_size, shuffle=name == "train", seed=args.seed)
         for name, (x, y) in splits.items()}
-model, _, _ = tl.build_model(args.model_handle, args.image_size, len(classes), args.dropout)
+model = tl.build_model(args.model_handle, args.image_size, len(classes), args.dropout)[0]
 tl.compile_for_training(model, args.learning_rate)
 model.fit(data["train"], validation_data=data["validation"], epochs=args.epochs, verbose=2)
 report(test_accuracy=model.evaluate(data["test"], verbose=2)[1])
