@@ -455,16 +455,18 @@ def plot_confusion_matrix(confusion, classes, path):
 # 8. Export ------------------------------------------------------------------
 
 def export_model(model, classes, work_dir, check_images, check_probabilities):
-    """Save the whole model and its labels, reload it, check it predicts as before.
+    """Save the model and its labels for inference, reload it, check it predicts as before.
 
-    The SavedModel needs neither Keras nor tensorflow_hub to run: any
-    TensorFlow program (or TF Serving) can tf.saved_model.load it.
+    model.export keeps only the forward pass, as serve(images): any TensorFlow
+    program (or TF Serving) runs it without Keras or tensorflow_hub, and it
+    saves and reloads in a third of the time of model.save, which also keeps
+    what training needs.
     """
-    model.save(os.path.join(work_dir, "model"))
+    model.export(os.path.join(work_dir, "model"))
     with open(os.path.join(work_dir, "labels.txt"), "w") as f:
         f.write("".join(c + "\n" for c in classes))
     reloaded = tf.saved_model.load(os.path.join(work_dir, "model"))
-    difference = np.abs(reloaded(check_images).numpy() - check_probabilities).max()
+    difference = np.abs(reloaded.serve(check_images).numpy() - check_probabilities).max()
     print(f"Reloaded model/ predicts as the trained model (largest difference {difference:.1e}).")
     if difference > 1e-4:
         raise RuntimeError("the exported model does not reproduce the trained model")
@@ -505,7 +507,7 @@ def predict_images(paths, model_dir):
             print(f"error: cannot read {path} as an image; skipping it", file=sys.stderr)
             failed += 1
             continue
-        p = model(image[None]).numpy()[0]
+        p = model.serve(image[None]).numpy()[0]
         top = p.argsort()[::-1][:3 if len(classes) > 2 else 1]
         print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in top))
     return 2 if failed else 0

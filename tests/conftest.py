@@ -56,11 +56,10 @@ def hub_cache(tmp_path_factory):
     return str(cache)
 
 
-def load_keras_model(run_dir):
-    """The exported model as Keras layers, to look at the base's weights."""
-    import tensorflow_hub as hub
-    return tf.keras.models.load_model(os.path.join(str(run_dir), "model"),
-                                      custom_objects={"KerasLayer": hub.KerasLayer})
+def exported_base_weights(run_dir):
+    """The weights of the base inside an exported run, by name (the head's left out)."""
+    model = tf.saved_model.load(os.path.join(str(run_dir), "model"))
+    return {v.name: v.numpy() for v in model.variables if not v.name.startswith("classifier/")}
 
 
 def copy_slice(split, classes, per_class, target):
