@@ -462,7 +462,9 @@ def export_model(model, classes, work_dir, check_images, check_probabilities):
     saves and reloads in a third of the time of model.save, which also keeps
     what training needs.
     """
+    tf.keras.utils.disable_interactive_logging()  # else export lists every variable
     model.export(os.path.join(work_dir, "model"))
+    tf.keras.utils.enable_interactive_logging()
     with open(os.path.join(work_dir, "labels.txt"), "w") as f:
         f.write("".join(c + "\n" for c in classes))
     reloaded = tf.saved_model.load(os.path.join(work_dir, "model"))
