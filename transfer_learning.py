@@ -497,6 +497,7 @@ def predict_images(paths, model_dir):
         classes = f.read().splitlines()
     try:
         model = tf.saved_model.load(os.path.join(model_dir, "model"))
+        model.serve  # runs exported before model.export have no serve()
     except Exception as e:
         fail(f"cannot load the model in {model_dir}/model ({type(e).__name__}); "
              "train again to export a complete run")

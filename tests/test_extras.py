@@ -111,10 +111,15 @@ def test_predict_without_an_exported_run_is_a_clear_error(tmp_path):
     assert "--model-dir" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_predict_with_a_damaged_model_is_a_clear_error(colour_run, three_colours, tmp_path):
+@pytest.mark.parametrize("damage", ["truncated saved_model.pb", "a SavedModel without serve()"])
+def test_predict_with_a_damaged_model_is_a_clear_error(colour_run, three_colours, tmp_path, damage):
     damaged = tmp_path / "run"
     shutil.copytree(colour_run, damaged)
-    (damaged / "model" / "saved_model.pb").write_bytes(b"truncated")
+    if damage == "truncated saved_model.pb":
+        (damaged / "model" / "saved_model.pb").write_bytes(b"truncated")
+    else:  # such as a run exported by model.save, before this script used model.export
+        shutil.rmtree(damaged / "model")
+        tf.saved_model.save(tf.Module(), str(damaged / "model"))
     result = run_script("--predict", three_colours / "red" / "000.png", "--model-dir", damaged)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "train again" in result.stderr and len(result.stderr.strip().splitlines()) == 1
