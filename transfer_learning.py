@@ -459,8 +459,7 @@ def export_model(model, classes, work_dir, check_images, check_probabilities):
 
     model.export keeps only the forward pass, as serve(images): any TensorFlow
     program (or TF Serving) runs it without Keras or tensorflow_hub, and it
-    saves and reloads in a third of the time of model.save, which also keeps
-    what training needs.
+    saves in a third of the time of model.save, which keeps training too.
     """
     tf.keras.utils.disable_interactive_logging()  # else export lists every variable
     model.export(os.path.join(work_dir, "model"))
@@ -497,7 +496,7 @@ def predict_images(paths, model_dir):
         classes = f.read().splitlines()
     try:
         model = tf.saved_model.load(os.path.join(model_dir, "model"))
-        model.serve  # runs exported before model.export have no serve()
+        serve = model.serve  # runs exported before model.export have none
     except Exception as e:
         fail(f"cannot load the model in {model_dir}/model ({type(e).__name__}); "
              "train again to export a complete run")
@@ -510,7 +509,7 @@ def predict_images(paths, model_dir):
             print(f"error: cannot read {path} as an image; skipping it", file=sys.stderr)
             failed += 1
             continue
-        p = model.serve(image[None]).numpy()[0]
+        p = serve(image[None]).numpy()[0]
         top = p.argsort()[::-1][:3 if len(classes) > 2 else 1]
         print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in top))
     return 2 if failed else 0
