@@ -36,7 +36,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # A batch of MobileNetV2 activations is tens of MB. TensorFlow's BFC allocator
 # reuses that memory; the default CPU allocator asks the operating system for
-# fresh pages every batch, which made the feature pass 2-3x slower here.
+# fresh pages every batch, which made the feature pass 3x slower here.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 
@@ -347,7 +347,7 @@ def compile_for_training(model, learning_rate):
 # features it boils each image down to. The base is frozen, so it gives the
 # same features for an image in every epoch. Running MobileNetV2 is nearly
 # all the work, so we run it once per image, keep the features (5 KB each),
-# and train the head on them: an epoch then takes milliseconds, not minutes.
+# and train the head on them: an epoch then takes under a second, not minutes.
 
 def extract_features(extractor, images, labels):
     """A dataset of (features, label) pairs, held in memory."""
@@ -524,7 +524,9 @@ def run(args, work_dir):
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     print(f"Running on {device}.")
 
-    # 2. Data: pipelines that stream images, and one that also augments.
+    # 2. Data: pipelines that stream images. Those in `datasets` keep file order,
+    # so that features line up with labels; train_images is shuffled, for
+    # training the whole model on images (--augment, fine-tuning).
     splits, classes, skipped = load_data(args)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         splits["train"], splits["validation"], splits["test"])
@@ -581,7 +583,7 @@ def run(args, work_dir):
     # 7. Plots
     sample_images = next(iter(datasets["test"]))[0][:16].numpy()
     plot_history(history, fine_tune_start, os.path.join(work_dir, "history.png"))
-    plot_predictions(sample_images, y_test, result["probabilities"], classes,
+    plot_predictions(sample_images, y_test[:16], result["probabilities"][:16], classes,
                      os.path.join(work_dir, "predictions.png"))
     plot_confusion_matrix(result["confusion"], classes, os.path.join(work_dir, "confusion_matrix.png"))
     clock.append(("plots", time.perf_counter()))
