@@ -1,21 +1,20 @@
-"""Transfer learning with a frozen MobileNetV2 from TensorFlow Hub.
+"""Transfer learning: a frozen MobileNetV2 from TensorFlow Hub learns your classes.
 
-What you build: an image classifier for your own classes (cats vs dogs from
-CIFAR-10 by default) on top of MobileNetV2, a network that already learned to
-see from 1.3 million ImageNet photos. Its weights stay frozen; only a small
-Dropout + Dense "head" is trained, on features computed once per image.
+What you build: an image classifier (cats vs dogs from CIFAR-10 by default, or
+your own folders of photos) on top of MobileNetV2, a network that already
+learned to see from 1.3 million ImageNet photos. Its weights stay frozen; only
+a small Dropout + Dense "head" is trained, on features computed once per image.
 
 What you learn, in the order the file reads:
-  1. Configuration        every setting is a command-line flag with a default.
-  2. Data                 CIFAR-10 cats and dogs, or your own folders of photos.
-  3. Model                a TF Hub feature vector plus a new classification head.
-  4. Bottleneck features  why a frozen base lets us run it once per image.
-  5. Training             the head trains in seconds and keeps its best epoch.
-  6. Evaluation           accuracy, loss and a confusion matrix on unseen images.
-  7. Plots                training history, sample predictions, confusions.
-  8. Export               a SavedModel (and TFLite) that you can reload and use.
-  Extra lessons, off by default: --augment, --fine-tune-epochs, --tflite,
-  and --predict to classify new photos with an exported run.
+  1. Data         CIFAR-10 cats and dogs, as floats in [0, 1] at the network's size.
+  2. Model        a frozen TF Hub feature vector under a new Dropout + Dense head.
+  3. Features     why a frozen base runs once per image, and the head trains on that.
+  4. Evaluation   accuracy and confusions on unseen images, and where the network looks.
+  5. Plots        training history, sample predictions, confusions, occlusion maps.
+  6. Export       a SavedModel that runs anywhere, reloaded and checked.
+  run_lesson() runs these steps in order: it is the table of contents.
+  Extra lessons, off by default: --augment, --fine-tune-epochs, --tflite, --predict.
+  Then the plumbing: your own photos (--data-dir), flags, errors, main().
 
 Run it:
     python transfer_learning.py                      # CIFAR-10 cats vs dogs
@@ -26,57 +25,559 @@ Run it:
 import argparse
 import json
 import os
+import platform
 import shutil
 import sys
 import time
 
-# tensorflow_hub's KerasLayer is a Keras 2 layer: ask TensorFlow for Keras 2
-# (the tf-keras package) before TensorFlow is imported.
+# tensorflow_hub's KerasLayer is a Keras 2 layer: ask for Keras 2 (the tf-keras
+# package) before TensorFlow is imported. Quiet TensorFlow's start-up messages
+# unless you ask for them (TF_CPP_MIN_LOG_LEVEL=0 shows why no GPU is found).
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# A batch of MobileNetV2 activations is tens of MB. TensorFlow's BFC allocator
-# reuses that memory; the default CPU allocator asks the operating system for
-# fresh pages every batch, which made the feature pass 3x slower here.
+# TensorFlow's BFC allocator reuses the memory of one batch of activations for
+# the next; the default CPU allocator made the feature pass 3x slower here.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-
-
-def interrupted():
-    print("\nInterrupted: no run folder was written; earlier runs are untouched.", file=sys.stderr)
-    sys.exit(130)
-
-
-# TensorFlow's C++ core prints start-up chatter (such as CUDA probes on a
-# machine without a GPU) before any setting can quiet it: mute stderr while
-# it loads, so that our own messages stand alone.
-stderr_fd = os.dup(2)
-os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 try:
     import matplotlib.pyplot as plt
     import numpy as np
     import tensorflow as tf
     import tensorflow_hub as hub
-except KeyboardInterrupt:
-    os.dup2(stderr_fd, 2)
-    interrupted()
-finally:
-    os.dup2(stderr_fd, 2)
+except KeyboardInterrupt:  # Ctrl-C while TensorFlow loads
+    print("Interrupted.", file=sys.stderr)
+    sys.exit(130)
+try:  # LiteRT, MobileNet's own runtime; it has no wheels for some platforms
+    from ai_edge_litert.interpreter import Interpreter as LiteRT
+except ImportError:
+    LiteRT = None
 
-# 1. Configuration -----------------------------------------------------------
-# MobileNetV2 trained on ImageNet, as a feature vector: it takes float images
-# in [0, 1] of 224x224 pixels and returns 1280 numbers describing each image.
+# MobileNetV2 trained on ImageNet, as a feature vector: float images in [0, 1]
+# of 224x224 pixels in, 1280 numbers describing each image out.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 CIFAR10_CAT, CIFAR10_DOG = 3, 5
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# Only running the network, not training it: on a CPU, batches of 32 keep
-# more activations in cache than 64 (15% faster here); a GPU is fine either way.
+# Only running the network, not training it: batches of 32 keep more
+# activations in a CPU's cache than 64 (15% faster here).
 INFERENCE_BATCH_SIZE = 32
+# Converting MobileNetV2 for LiteRT takes 10-20 s: it pays from about this many images.
+LITERT_MIN_IMAGES = 3000
+OCCLUSION_GRID = 4  # where_it_looks.png hides each of 4x4 patches in turn
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+# 1. Data ----------------------------------------------------------------------
+# A split is a pair (x, y): x holds images (CIFAR-10 arrives as arrays) or
+# image file paths (your folders), y the class numbers.
+
+def load_cifar10_cats_and_dogs():
+    """CIFAR-10's cats (3) and dogs (5), relabelled 0 = cat, 1 = dog."""
+    (x_train, y_train), (x_test, y_test) = tf.keras.datasets.cifar10.load_data()
+    splits = {}
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        keep = np.isin(y[:, 0], (CIFAR10_CAT, CIFAR10_DOG))
+        splits[name] = (x[keep], (y[keep, 0] == CIFAR10_DOG).astype(np.int64))
+    return splits, ["cat", "dog"]
+
+
+def read_image(path):
+    """Any JPEG, PNG, BMP, GIF or WebP becomes an RGB uint8 image (grey, alpha and palettes too)."""
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def scale_and_resize(image, image_size):
+    """Float pixels in [0, 1], as TF Hub image modules take them, at image_size square.
+
+    The network learned on 224x224 photos: upscaling CIFAR's 32x32 images lets
+    its filters see objects at the scale they know. Pixels become floats first:
+    convert_image_dtype divides by 255 only while they are integers.
+    """
+    return tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), (image_size, image_size))
+
+
+def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, seed=0):
+    """A tf.data pipeline that decodes, scales and resizes images on the fly.
+
+    Nothing is stored upscaled: 12000 images at 224x224 in float32 would be 7 GB.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed)
+    if x.dtype.kind == "U":  # file paths, not pixels
+        ds = ds.map(lambda path, label: (read_image(path), label), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda image, label: (scale_and_resize(image, image_size), label),
+                num_parallel_calls=AUTOTUNE).batch(batch_size)
+    if augment:  # in the pipeline, not the model: the exported model stays a plain classifier
+        augmenter = random_augmenter()
+        ds = ds.map(lambda images, labels: (augmenter(images, training=True), labels),
+                    num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+# 2. Model ---------------------------------------------------------------------
+
+def build_model(handle, image_size, num_classes, dropout):
+    """The frozen base, and three Keras models that share its layers and the head's.
+
+    model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export.
+    extractor  images -> MobileNetV2 features: run once per image.
+    head       features -> Dropout -> Dense: what we train.
+    Training the head trains the model, because they share the Dropout and
+    Dense layers. Dropout hides random features during training, so that
+    the head cannot lean on a few of them (1280 inputs, few thousand images).
+    """
+    images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
+    base = hub.KerasLayer(handle, trainable=False, name="mobilenet_v2")
+    # training=False keeps the base's BatchNorm layers in inference mode even
+    # when fine-tuning: on a small dataset, updating their ImageNet statistics
+    # would wreck the features the base has already learned.
+    features = base(images, training=False)
+    drop = tf.keras.layers.Dropout(dropout, name="dropout")
+    classify = tf.keras.layers.Dense(num_classes, activation="softmax", name="classifier")
+    model = tf.keras.Model(images, classify(drop(features)), name="classifier_model")
+    extractor = tf.keras.Model(images, features, name="feature_extractor")
+    feature_input = tf.keras.Input(shape=features.shape[1:], name="features")
+    head = tf.keras.Model(feature_input, classify(drop(feature_input)), name="head")
+    return model, base, extractor, head
+
+
+def compile_for_training(model, learning_rate):
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+# 3. Bottleneck features and the head trained on them ---------------------------
+# The central idea. The "bottleneck" is the base's last layer: the 1280
+# features it boils each image down to. The base is frozen, so it gives the
+# same features for an image in every epoch. Running MobileNetV2 is nearly
+# all the work, so we run it once per image, keep the features (5 KB each),
+# and train the head on them: an epoch then takes under a second, not minutes.
+
+def choose_feature_runtime(wanted, num_images, device):
+    """LiteRT on a CPU when there are enough images to repay converting the network."""
+    if wanted == "auto":
+        wanted = "litert" if device == "CPU" and num_images >= LITERT_MIN_IMAGES else "keras"
+    if wanted == "litert" and LiteRT is None:
+        print("warning: LiteRT is not installed (pip install ai-edge-litert); "
+              "computing the features with Keras", file=sys.stderr)
+        return "keras"
+    return wanted
+
+
+def feature_function(extractor, runtime):
+    """A function from a dataset of images to their features, run by Keras or by LiteRT.
+
+    MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is
+    its native runtime: on a CPU it runs the same network 2-3x faster than
+    Keras. Features are a pure function of the image and the frozen weights,
+    so this changes nothing that the head learns (they agree to about 1e-4).
+    """
+    if runtime == "keras":
+        return extractor.predict
+    converted = tf.lite.TFLiteConverter.from_keras_model(extractor).convert()
+    run = LiteRT(model_content=converted, num_threads=os.cpu_count()).get_signature_runner()
+    return lambda images: np.concatenate([run(images=x.numpy())["mobilenet_v2"] for x, _ in images])
+
+
+def train(model, train_data, val_data, epochs):
+    """model.fit, keeping the weights of the epoch with the lowest validation loss.
+
+    The best epoch is chosen on validation data, never on the test images:
+    those must stay unseen to tell honestly how the model does on new photos.
+    Loss rather than accuracy: on a small validation set many epochs tie on
+    accuracy. patience=epochs: EarlyStopping never stops early, only restores.
+    """
+    keep_best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
+                                                 restore_best_weights=True, verbose=1)
+    return model.fit(train_data, validation_data=val_data, epochs=epochs,
+                     callbacks=[keep_best]).history
+
+
+def best_epoch_val_accuracy(history):
+    """The validation accuracy of the epoch whose weights were kept."""
+    return history["val_accuracy"][int(np.argmin(history["val_loss"]))]
+
+
+# 4. Evaluation ------------------------------------------------------------------
+
+def evaluate(model, test_data, y_test, num_classes):
+    """Accuracy, loss and confusion matrix on test data the model has never seen."""
+    probabilities = model.predict(test_data, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    return dict(probabilities=probabilities, accuracy=float(np.mean(predicted == y_test)),
+                loss=float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(y_test, probabilities))),
+                confusion=tf.math.confusion_matrix(y_test, predicted, num_classes=num_classes).numpy())
+
+
+def occlusion_map(model, images, patch):
+    """How much each image's predicted-class probability drops with a grey patch at each place.
+
+    Occlusion sensitivity (Zeiler and Fergus, 2014): hide one patch at a time
+    and see how much less sure the model gets. Where it drops most is what the
+    model looked at: the animal, or the background? It needs no gradients, so
+    it works for any module. It is a coarse localisation from a classifier,
+    not a detector, and CIFAR's 32x32 images make the grid coarser still.
+    Returns float [N, rows, cols], one value per patch (stride = patch).
+    """
+    n, size = len(images), images.shape[1]
+    cells = size // patch
+    copies = np.repeat(images[:, None], cells * cells, axis=1)  # [N, cells*cells, S, S, 3]
+    for k in range(cells * cells):
+        row, col = divmod(k, cells)
+        copies[:, k, row * patch:(row + 1) * patch, col * patch:(col + 1) * patch] = 0.5
+    before = model.predict(images, verbose=0)
+    predicted = before.argmax(axis=1)
+    after = model.predict(copies.reshape(-1, *images.shape[1:]), batch_size=INFERENCE_BATCH_SIZE,
+                          verbose=0).reshape(n, cells * cells, -1)
+    drop = before[np.arange(n), predicted][:, None] - np.take_along_axis(after, predicted[:, None, None], 2)[..., 0]
+    return drop.reshape(n, cells, cells)
+
+
+def pick_examples(labels, predicted, count):
+    """Up to count indices: wrong and right predictions of every class, in turn."""
+    groups = [np.flatnonzero((labels == c) & ((predicted == labels) == right))
+              for right in (False, True) for c in np.unique(labels)]
+    return np.array([g[i] for i in range(len(labels)) for g in groups if i < len(g)][:count], int)
+
+
+# 5. Plots -----------------------------------------------------------------------
+
+def plot_history(history, fine_tune_start, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, history[metric], "o-", label="train")
+        ax.plot(epochs, history["val_" + metric], "o-", label="validation")
+        if fine_tune_start:
+            ax.axvline(fine_tune_start + 0.5, color="grey", linestyle="--", label="fine-tuning starts")
+        ax.set(title=metric.capitalize(), xlabel="epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_predictions(images, labels, probabilities, classes, path, heatmaps=None, title=None):
+    """Test images titled with predicted class and confidence, green if right, red if wrong.
+
+    With heatmaps (occlusion maps), each is laid over its image: red where
+    hiding the patch lowered the prediction most.
+    """
+    rows = int(np.ceil(len(images) / 4))
+    fig, axes = plt.subplots(rows, 4, figsize=(10, 2.75 * rows), squeeze=False)
+    for k, (ax, image, label, p) in enumerate(zip(axes.flat, images, labels, probabilities)):
+        ax.imshow(image)
+        if heatmaps is not None:
+            s = image.shape[0] - 0.5
+            ax.imshow(heatmaps[k], cmap="jet", alpha=0.4, extent=(-0.5, s, s, -0.5), interpolation="bilinear")
+        ax.set_title(f"{classes[p.argmax()]} {p.max():.0%}\n(true: {classes[label]})",
+                     color="green" if p.argmax() == label else "red", fontsize=10)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_confusion_matrix(confusion, classes, path):
+    fig, ax = plt.subplots(figsize=(2 + len(classes), 1.5 + len(classes)))
+    ax.imshow(confusion, cmap="Blues")
+    for (i, j), count in np.ndenumerate(confusion):
+        ax.text(j, i, count, ha="center", va="center",
+                color="white" if count > confusion.max() / 2 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
+           yticklabels=classes, xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+# 6. Export ----------------------------------------------------------------------
+
+def export_model(model, classes, work_dir, images, probabilities, tolerance):
+    """Save the model and its labels for inference; reload it and check it predicts as before.
+
+    model.export keeps only the forward pass, as serve(images): any TensorFlow
+    program (or TF Serving) runs it without Keras or tensorflow_hub. The check
+    runs the whole exported model on images, end to end.
+    """
+    tf.keras.utils.disable_interactive_logging()  # else export lists every variable
+    model.export(os.path.join(work_dir, "model"))
+    tf.keras.utils.enable_interactive_logging()
+    with open(os.path.join(work_dir, "labels.txt"), "w") as f:
+        f.write("".join(c + "\n" for c in classes))
+    reloaded_model = tf.saved_model.load(os.path.join(work_dir, "model"))  # kept: serve() needs its variables
+    reloaded = reloaded_model.serve(images).numpy()
+    check = dict(images=len(images), same_class=float(np.mean(reloaded.argmax(1) == probabilities.argmax(1))),
+                 largest_difference=float(np.abs(reloaded - probabilities).max()), tolerance=tolerance)
+    check["passed"] = check["same_class"] == 1 and check["largest_difference"] <= tolerance
+    print(f"Reloaded model/: same class for {check['same_class']:.0%} of {len(images)} test images, "
+          f"probabilities within {check['largest_difference']:.1e}.")
+    if not check["passed"]:
+        print(f"warning: the exported model differs from the trained one by more than {tolerance} "
+              "(see export_check in metrics.json); the run is kept", file=sys.stderr)
+    return check
+
+
+# The lesson in order: the table of contents -----------------------------------
+
+def run_lesson(args, work_dir, results):
+    """Every step of the lesson, in order; the files go into work_dir, the numbers into results."""
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU itself
+    print(f"Running on {device}." + ("" if device == "GPU" else " (No GPU found; TF_CPP_MIN_LOG_LEVEL=0 shows why.)"))
+
+    step("1. Data")  # CIFAR-10's cats and dogs, or your own photos (--data-dir)
+    splits, classes = load_data(args, results)
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits.values()
+    images = {name: make_dataset(x, y, args.image_size, INFERENCE_BATCH_SIZE) for name, (x, y) in splits.items()}
+
+    step("2. Model")  # only the head's Dense layer has trainable weights
+    model, base, extractor, head = build_checked_model(args, len(classes))
+    model.summary()
+
+    step("3. Bottleneck features")  # with --augment, training images change every epoch
+    wanted = ["validation", "test"] if args.augment else ["train", "validation", "test"]
+    runtime = choose_feature_runtime(args.features_with, sum(len(splits[s][1]) for s in wanted), device)
+    print(f"Computing MobileNetV2 features, once per image, with {runtime}:")
+    features_of = feature_function(extractor, runtime)
+    features = {name: features_of(images[name]) for name in wanted}
+
+    step("4. Training the head")
+    if args.augment:  # an extra lesson: the whole model trains on changing images
+        trainee, val_data = model, images["validation"]
+        train_data = make_dataset(x_train, y_train, args.image_size, args.batch_size, True, True, args.seed)
+    else:
+        trainee = head
+        train_data = (tf.data.Dataset.from_tensor_slices((features["train"], y_train))
+                      .shuffle(len(y_train), seed=args.seed).batch(args.batch_size))
+        val_data = tf.data.Dataset.from_tensor_slices((features["validation"], y_val)).batch(args.batch_size)
+    compile_for_training(trainee, args.learning_rate)
+    results["accuracy_before_training"] = trainee.evaluate(val_data, verbose=0)[1]
+    print(f"Validation accuracy before training: {results['accuracy_before_training']:.3f} "
+          f"(chance is about {1 / len(classes):.3f})")
+    history = train(trainee, train_data, val_data, args.epochs)
+    results["val_accuracy"] = {"after_head": best_epoch_val_accuracy(history)}
+
+    step("5. Evaluation")  # the head on the test images' features
+    result = evaluate(head, features["test"], y_test, len(classes))
+    fine_tune_start = None
+    if args.fine_tune_epochs:  # an extra lesson: the base changes, so its features change too
+        results["head_test_accuracy"] = result["accuracy"]
+        print(f"Test accuracy with the frozen base: {result['accuracy']:.4f}")
+        step("Fine-tuning")
+        more = fine_tune(model, base, make_dataset(x_train, y_train, args.image_size, args.batch_size,
+                                                   True, args.augment, args.seed),
+                         images["validation"], args, results["val_accuracy"]["after_head"])
+        fine_tune_start, history = len(history["loss"]), {k: history[k] + more[k] for k in history}
+        results["val_accuracy"]["after_fine_tuning"] = max(results["val_accuracy"]["after_head"],
+                                                           best_epoch_val_accuracy(more))
+        result = evaluate(model, images["test"], y_test, len(classes))
+    print(f"Test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on {len(y_test)} images")
+    print("Confusion matrix (rows: true class, columns: predicted):\n", result["confusion"])
+    results.update(test_accuracy=result["accuracy"], test_loss=result["loss"],
+                   confusion_matrix=result["confusion"].tolist(), features_with=runtime, device=device)
+    sample = next(iter(images["test"]))[0].numpy()  # the first test images, in file order
+    sample_labels, sample_probabilities = y_test[:len(sample)], result["probabilities"][:len(sample)]
+    picks = pick_examples(sample_labels, sample_probabilities.argmax(1), 8)
+    heatmaps = occlusion_map(model, sample[picks], args.image_size // OCCLUSION_GRID)
+
+    step("6. Plots")
+    plot_history(history, fine_tune_start, os.path.join(work_dir, "history.png"))
+    plot_predictions(sample[:16], sample_labels[:16], sample_probabilities[:16], classes,
+                     os.path.join(work_dir, "predictions.png"))
+    plot_confusion_matrix(result["confusion"], classes, os.path.join(work_dir, "confusion_matrix.png"))
+    plot_predictions(sample[picks], sample_labels[picks], sample_probabilities[picks], classes,
+                     os.path.join(work_dir, "where_it_looks.png"), heatmaps,
+                     "Where it looks: red where a grey patch lowers the prediction most")
+
+    step("7. Export")  # LiteRT features and a GPU's TensorFloat-32 move probabilities slightly
+    check = (sample, sample_probabilities)
+    results["export_check"] = export_model(model, classes, work_dir, *check, 1e-2 if device == "GPU" else 1e-3)
+    if args.tflite:
+        results["tflite_agreement"] = export_tflite(model, work_dir, *check)
+
+
+# Extra lessons ----------------------------------------------------------------
+
+def random_augmenter():
+    """Random flips, small rotations and zooms: new variants of each training image every epoch.
+
+    Augmented images change every epoch, so their features cannot be computed
+    once: with --augment the whole model runs on images every epoch (slow).
+    """
+    return tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
+                                tf.keras.layers.RandomRotation(0.05), tf.keras.layers.RandomZoom(0.1)])
+
+
+def fine_tune(model, base, train_images, val_images, args, val_accuracy_before):
+    """Unfreeze the base and nudge all of its weights towards our classes.
+
+    The learning rate is far smaller than the head's, so that noisy gradients
+    from a few thousand images cannot overwrite ImageNet's features. It warms
+    up (Adam's first steps move every weight by the full rate, which knocked
+    the model below the frozen one) and decays to zero. BatchNorm keeps its
+    ImageNet statistics (see build_model). If no epoch beats the frozen model
+    on validation, the frozen one is kept.
+    """
+    before = model.get_weights()
+    base.trainable = True
+    steps = args.fine_tune_epochs * len(train_images)  # len() of a batched dataset counts batches
+    warmup = steps // 10
+    schedule = tf.keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=args.fine_tune_learning_rate, warmup_steps=warmup,
+        decay_steps=steps - warmup)
+    compile_for_training(model, schedule)  # compile() fixes what is trainable
+    history = train(model, train_images, val_images, args.fine_tune_epochs)
+    if best_epoch_val_accuracy(history) < val_accuracy_before:
+        print("Fine-tuning did not beat the frozen model on validation; keeping the frozen one.")
+        model.set_weights(before)
+    return history
+
+
+def export_tflite(model, work_dir, images, probabilities):
+    """MobileNet was made for phones: TFLite is how it gets onto one. LiteRT checks it."""
+    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with open(os.path.join(work_dir, "model.tflite"), "wb") as f:
+        f.write(tflite)
+    run = (LiteRT or tf.lite.Interpreter)(model_content=tflite).get_signature_runner()
+    agree = float(np.mean(run(images=images)["classifier"].argmax(1) == probabilities.argmax(1)))
+    print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, same class as the trained model "
+          f"on {agree:.0%} of {len(images)} test images.")
+    return agree
+
+
+def predict_images(paths, model_dir):
+    """Classify new photos with an exported run: one line per image, top 3 of many classes."""
+    model, image_size, classes = load_exported_run(model_dir)
+    unreadable = find_unreadable_images(paths)
+    for path in unreadable:
+        print(f"error: cannot read {path} as an image; skipping it", file=sys.stderr)
+    for path in [p for p in paths if p not in unreadable]:
+        p = model.serve(scale_and_resize(read_image(path), image_size)[None]).numpy()[0]
+        top = p.argsort()[::-1][:3 if len(classes) > 2 else 1]
+        print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in top))
+    return 2 if unreadable else 0
+
+
+# Your own photos: class folders, splits, unreadable files --------------------
+# Why not tf.keras.utils.image_dataset_from_directory? It stops at the first
+# broken file and splits only two ways, without keeping each class's share.
+
+SPLIT_FOLDERS = {"train": ["train"], "validation": ["validation", "val", "valid"], "test": ["test"]}
+
+
+def find_split_folders(data_dir):
+    """{split: folder} when DIR/train/ holds class folders; {} when DIR holds the class folders."""
+    train = os.path.join(data_dir, "train")
+    if not (os.path.isdir(train) and any(os.path.isdir(os.path.join(train, d)) and not d.startswith(".")
+                                         for d in os.listdir(train))):
+        return {}  # a class folder that happens to be called train/ holds images, not folders
+    found = {split: [os.path.join(data_dir, n) for n in names if os.path.isdir(os.path.join(data_dir, n))]
+             for split, names in SPLIT_FOLDERS.items()}
+    return {split: folders[0] for split, folders in found.items() if folders}
+
+
+def list_files(folder, classes):
+    """Every file in folder/<class>/ for each class; hidden files are ignored."""
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(folder, name)
+        files = sorted(f for f in os.listdir(class_dir) if not f.startswith(".")
+                       and os.path.isfile(os.path.join(class_dir, f))) if os.path.isdir(class_dir) else []
+        if not files:
+            fail(f"class folder {class_dir} has no images; add some or remove the class")
+        paths += [os.path.join(class_dir, f) for f in files]
+        labels += [label] * len(files)
+    return np.array(paths), np.array(labels, dtype=np.int64)
+
+
+def find_unreadable_images(paths):
+    """Decode every file once, in parallel; files that fail (or whose names are not UTF-8) are returned."""
+    utf8 = np.array([p for p in paths if p.encode("utf-8", "replace").decode() == p], dtype=str)
+    readable = (tf.data.Dataset.from_tensor_slices(utf8)
+                .map(lambda p: (p, tf.shape(read_image(p))), num_parallel_calls=AUTOTUNE)
+                .ignore_errors().batch(1024))
+    ok = {p.decode() for batch, _ in readable.as_numpy_iterator() for p in batch}
+    return [p for p in paths if p not in ok]
+
+
+def load_image_folders(data_dir, results):
+    """Readable images of DIR/<class>/, or of DIR/train/<class>/ and whichever other split folders there are."""
+    if not os.path.isdir(data_dir):
+        fail(f"--data-dir {data_dir} is not a folder; give a folder with one sub-folder per class")
+    folders = find_split_folders(data_dir) or {"train": data_dir}
+    classes = sorted(d for d in os.listdir(folders["train"])
+                     if os.path.isdir(os.path.join(folders["train"], d)) and not d.startswith("."))
+    if len(classes) < 2:
+        fail(f"--data-dir {folders['train']} has {len(classes)} class folder(s); "
+             "a classifier needs at least 2, e.g. DIR/cat/*.jpg and DIR/dog/*.jpg")
+    splits, skipped = {}, []
+    for split, folder in folders.items():
+        x, y = list_files(folder, classes)
+        bad = find_unreadable_images(x)
+        skipped += [os.fsencode(p).decode("utf-8", "backslashreplace") for p in bad]
+        splits[split] = x[~np.isin(x, bad)], y[~np.isin(x, bad)]
+    for label in set(range(len(classes))) - set(splits["train"][1]):
+        fail(f"class folder {os.path.join(folders['train'], classes[label])} has no readable images; "
+             "add good images or remove the folder")
+    if skipped:
+        print(f"warning: skipped {len(skipped)} file(s) that are not images TensorFlow can read: "
+              f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''} (all in metrics.json)",
+              file=sys.stderr)
+    results["skipped_files"] = skipped
+    return splits, classes
+
+
+def shuffled(x, y, seed):
+    order = np.random.default_rng(seed).permutation(len(x))
+    return x[order], y[order]
+
+
+def split_off(x, y, fraction, seed):
+    """Cut the same fraction off every class (stratified), the same way for the same --seed."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(y), bool)
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        held[members[:max(1, round(len(members) * fraction))]] = True
+    return shuffled(x[~held], y[~held], seed), shuffled(x[held], y[held], seed)
+
+
+def check_class_sizes(y, classes, needed, where):
+    for label, name in enumerate(classes):
+        if np.sum(y == label) < needed:
+            fail(f"class {name} has {np.sum(y == label)} image(s) in {where}; it needs at least {needed} "
+                 "to keep one for training and one for each split carved out of it: add images")
+
+
+def load_data(args, results):
+    """Train, validation and test splits of CIFAR-10 or --data-dir, checked before the lesson uses them."""
+    if args.data_dir is None:
+        splits, classes = download_cifar10()
+    else:
+        splits, classes = load_image_folders(args.data_dir, results)
+    splits = {name: shuffled(x, y, args.seed) for name, (x, y) in splits.items()}  # for --max-images
+    missing = [split for split in ("test", "validation") if split not in splits]
+    check_class_sizes(splits["train"][1], classes, 1 + len(missing), args.data_dir or "CIFAR-10")
+    for split in missing:
+        splits["train"], splits[split] = split_off(*splits["train"], args.validation_split, args.seed)
+    splits = {name: (splits[name][0][:args.max_images], splits[name][1][:args.max_images])
+              for name in ("train", "validation", "test")}
+    for label in set(range(len(classes))) - set(splits["train"][1]):
+        fail(f"--max-images {args.max_images} leaves no training images of class {classes[label]}; "
+             "use a larger --max-images")
+    for name, (x, y) in splits.items():
+        counts = ", ".join(f"{np.sum(y == i)} {c}" for i, c in enumerate(classes))
+        print(f"{name:>10}: {len(x):5d} images ({counts})")
+    results.update(classes=classes, num_train=len(splits["train"][1]), num_val=len(splits["validation"][1]),
+                   num_test=len(splits["test"][1]), data=args.data_dir or "CIFAR-10")
+    return splits, classes
+
+
+# The command line, checks, the output folder and errors ------------------------
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train an image classifier on a frozen TF Hub MobileNetV2.")
-    p.add_argument("--data-dir", help="your images: DIR/<class>/*.jpg, or DIR/train/<class>/ and "
-                   "DIR/test/<class>/ (default: CIFAR-10 cats and dogs, downloaded)")
+    p.add_argument("--data-dir", help="your images: DIR/<class>/*.jpg, or DIR/train/<class>/ with "
+                   "DIR/validation/ (or val/, valid/) and DIR/test/; missing splits are carved out of "
+                   "train (default: CIFAR-10 cats and dogs, downloaded)")
     p.add_argument("--model-handle", default=DEFAULT_HANDLE, help="TF Hub URL or local SavedModel "
                    "folder of an image feature vector (default: MobileNetV2 on TF Hub)")
     p.add_argument("--image-size", type=int, default=224, help="pixels per side the module expects (default: 224)")
@@ -84,10 +585,14 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="images per training batch (default: 64)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="for the head (default: 0.001)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout rate before the head (default: 0.2)")
-    p.add_argument("--validation-split", type=float, default=0.1, help="fraction of training images "
-                   "held out for validation, and for testing when DIR has no test/ (default: 0.1)")
+    p.add_argument("--validation-split", type=float, default=0.1, help="fraction of each class's training "
+                   "images held out for validation, and for testing when DIR has no test/ (default: 0.1)")
     p.add_argument("--max-images", type=int, help="use at most this many images per split, "
                    "for a quick first run on a CPU (default: all)")
+    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto",
+                   help="what runs MobileNetV2 for the features: litert (2-3x faster on a CPU, after a "
+                   f"10-20 s conversion), keras, or auto: LiteRT on a CPU from {LITERT_MIN_IMAGES} images "
+                   "on, else Keras (default: auto)")
     p.add_argument("--output-dir", help="folder for this run (default: a new runs/<date-time>)")
     p.add_argument("--no-show", action="store_true", help="save the plots without showing them")
     p.add_argument("--seed", type=int, default=42, help="random seed for splits and training (default: 42)")
@@ -96,7 +601,7 @@ def parse_args(argv=None):
                    "computed once and every epoch runs MobileNetV2 again (much slower)")
     p.add_argument("--fine-tune-epochs", type=int, default=0, help="then unfreeze the base for N epochs (default: 0)")
     p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4,
-                   help="learning rate while fine-tuning, a tenth of the head's (default: 0.0001)")
+                   help="peak learning rate while fine-tuning, a tenth of the head's (default: 0.0001)")
     p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")
     p.add_argument("--predict", nargs="+", metavar="IMAGE",
                    help="classify these images with the run in --model-dir instead of training")
@@ -128,6 +633,59 @@ def check_args(args):
             fail(message)
 
 
+def check_keras_2():
+    if not issubclass(hub.KerasLayer, tf.keras.layers.Layer):
+        fail("TensorFlow was imported with Keras 3 before this script could ask for Keras 2, which TF Hub needs; run it in a fresh Python (restart the notebook's kernel), or set "
+             "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported")
+
+
+def download_cifar10():
+    try:
+        return load_cifar10_cats_and_dogs()
+    except Exception as e:
+        fail(f"could not download CIFAR-10 ({type(e).__name__}); when offline, "
+             "train on your own images with --data-dir DIR instead")
+
+
+def build_checked_model(args, num_classes):
+    """build_model, or one line saying why the module cannot be used."""
+    try:
+        models = build_model(args.model_handle, args.image_size, num_classes, args.dropout)
+    except Exception:
+        fail(module_problem(args.model_handle, args.image_size))
+    if len(models[2].output_shape) != 2:
+        fail(f"the module {args.model_handle} returns shape {models[2].output_shape}, not a feature vector; "
+             "use an image feature-vector module, not a classifier or a raw SavedModel")
+    return models
+
+
+def module_problem(handle, image_size):
+    try:
+        hub.load(handle)
+    except Exception as e:
+        where = ("a local path as --model-handle, or the module placed in $TFHUB_CACHE_DIR"
+                 if "://" in handle else "a folder holding a TF2 SavedModel (saved_model.pb)")
+        return (f"cannot load --model-handle {handle} ({type(e).__name__}); "
+                f"to run offline use {where}, and --data-dir instead of the CIFAR-10 download")
+    return (f"the module {handle} does not accept {image_size}x{image_size} images; "
+            "set --image-size to the size it was built for (224 for MobileNetV2)")
+
+
+def load_exported_run(model_dir):
+    """The exported model, its image size and class names, of a run written by model.export."""
+    if not os.path.isfile(os.path.join(model_dir, "labels.txt")):
+        fail(f"--model-dir {model_dir} is not an exported run (no labels.txt); "
+             "give a folder written by an earlier training run")
+    with open(os.path.join(model_dir, "labels.txt")) as f:
+        classes = f.read().splitlines()
+    try:
+        model = tf.saved_model.load(os.path.join(model_dir, "model"))
+        return model, model.signatures["serving_default"].inputs[0].shape[1], classes
+    except Exception as e:
+        fail(f"cannot load the model in {model_dir}/model ({type(e).__name__}); "
+             "train again to export a complete run")
+
+
 def prepare_output_dir(output_dir):
     """Never touch an earlier run: this one is written into OUTPUT.partial."""
     if output_dir is None:  # a new folder per run, even for two runs in the same second
@@ -151,459 +709,23 @@ def prepare_output_dir(output_dir):
     return output_dir, work_dir
 
 
-# 2. Data --------------------------------------------------------------------
-# Each split is a pair (x, y): x holds either the images themselves (CIFAR-10
-# arrives as arrays) or image file paths (your folders), y the class numbers.
+STEPS = []  # (name, start time) of each step of the lesson, for metrics.json
 
-def load_cifar10_cats_and_dogs():
-    """CIFAR-10 keeps only cats (3) and dogs (5), relabelled 0 = cat, 1 = dog."""
-    try:
-        (x_train, y_train), (x_test, y_test) = tf.keras.datasets.cifar10.load_data()
-    except Exception as e:
-        fail(f"could not download CIFAR-10 ({type(e).__name__}); when offline, "
-             "train on your own images with --data-dir DIR instead")
-    splits = {}
-    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        y = y.reshape(-1)
-        keep = (y == CIFAR10_CAT) | (y == CIFAR10_DOG)
-        splits[name] = (x[keep], (y[keep] == CIFAR10_DOG).astype(np.int64))
-    return splits, ["cat", "dog"]
 
+def step(name):
+    """Announce the next step of the lesson, and note when it starts."""
+    print(f"\n== {name} ==")
+    STEPS.append((name, time.perf_counter()))
 
-# Why not tf.keras.utils.image_dataset_from_directory? It stops at the first
-# broken file and splits only two ways; listing the files ourselves lets us
-# skip broken ones up front and carve out validation and test alike.
 
-def list_images(folder, classes):
-    """Image files in folder/<class>/ for each class; hidden files are ignored."""
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        class_dir = os.path.join(folder, name)
-        files = sorted(f for f in os.listdir(class_dir) if not f.startswith(".")
-                       and f.lower().endswith(IMAGE_EXTENSIONS)) if os.path.isdir(class_dir) else []
-        if not files:
-            fail(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                 "add some or remove the folder")
-        paths += [os.path.join(class_dir, f) for f in files]
-        labels += [label] * len(files)
-    return np.array(paths), np.array(labels, dtype=np.int64)
-
-
-def load_image_folders(data_dir):
-    """DIR/<class>/ images, or DIR/train/<class>/ and DIR/test/<class>/."""
-    if not os.path.isdir(data_dir):
-        fail(f"--data-dir {data_dir} is not a folder; give a folder with one sub-folder per class")
-    has_splits = all(os.path.isdir(os.path.join(data_dir, s)) for s in ("train", "test"))
-    train_dir = os.path.join(data_dir, "train") if has_splits else data_dir
-    classes = sorted(d for d in os.listdir(train_dir)
-                     if os.path.isdir(os.path.join(train_dir, d)) and not d.startswith("."))
-    if len(classes) < 2:
-        fail(f"--data-dir {train_dir} has {len(classes)} class folder(s); "
-             "a classifier needs at least 2, e.g. DIR/cat/*.jpg and DIR/dog/*.jpg")
-    splits = {"train": list_images(train_dir, classes)}
-    if has_splits:
-        splits["test"] = list_images(os.path.join(data_dir, "test"), classes)
-    return splits, classes
-
-
-def read_image(path):
-    """Any JPEG, PNG, BMP or GIF becomes an RGB uint8 image (grey, alpha and palettes too)."""
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-
-
-def find_unreadable_images(paths):
-    """Decode every file once, in parallel; the files that fail are returned."""
-    readable = (tf.data.Dataset.from_tensor_slices(paths)
-                .map(lambda p: (p, tf.shape(read_image(p))), num_parallel_calls=AUTOTUNE)
-                .ignore_errors().batch(1024))
-    ok = {p.decode() for batch, _ in readable.as_numpy_iterator() for p in batch}
-    return [p for p in paths if p not in ok]
-
-
-def shuffled(x, y, seed):
-    order = np.random.default_rng(seed).permutation(len(x))
-    return x[order], y[order]
-
-
-def split_off(x, y, fraction, seed):
-    """Shuffle (the same way for the same --seed) and cut off a fraction as a new split."""
-    x, y = shuffled(x, y, seed)
-    cut = max(1, round(len(x) * fraction))
-    return (x[cut:], y[cut:]), (x[:cut], y[:cut])
-
-
-def load_data(args):
-    if args.data_dir is not None:
-        splits, classes = load_image_folders(args.data_dir)
-    else:
-        splits, classes = load_cifar10_cats_and_dogs()
-    if "test" not in splits:
-        splits["train"], splits["test"] = split_off(*splits["train"], args.validation_split, args.seed)
-    else:  # shuffled, so that a --max-images slice and the sample plot show every class
-        splits["test"] = shuffled(*splits["test"], args.seed)
-    splits["train"], splits["validation"] = split_off(*splits["train"], args.validation_split, args.seed)
-    skipped = []
-    for name, (x, y) in splits.items():
-        x, y = x[:args.max_images], y[:args.max_images]
-        if x.dtype.kind == "U":  # file paths: drop the ones that cannot be decoded
-            bad = find_unreadable_images(x)
-            skipped += bad
-            readable = ~np.isin(x, bad)
-            x, y = x[readable], y[readable]
-        if len(x) == 0:
-            fail(f"the {name} split has no readable images; add more images to --data-dir")
-        splits[name] = (x, y)
-    for i in set(range(len(classes))) - set(splits["train"][1]):
-        fail(f"no readable training images of class {classes[i]} in {args.data_dir or 'CIFAR-10'}; "
-             "add good images to its folder or remove the folder")
-    if skipped:
-        print(f"warning: skipped {len(skipped)} unreadable image file(s): {', '.join(skipped)}",
-              file=sys.stderr)
-    for name, (x, y) in splits.items():
-        counts = ", ".join(f"{np.sum(y == i)} {c}" for i, c in enumerate(classes))
-        print(f"{name:>10}: {len(x):5d} images ({counts})")
-    return splits, classes, skipped
-
-
-def network_input(image, image_size):
-    """Float pixels in [0, 1], as TF Hub modules take them, at image_size square.
-
-    The network learned on 224x224 photos: upscaling CIFAR's 32x32 images lets
-    its filters see objects at the scale they know. Pixels become floats first:
-    convert_image_dtype divides by 255 only while they are integers.
-    """
-    pixels = tf.image.convert_image_dtype(image, tf.float32)
-    return tf.image.resize(pixels, (image_size, image_size))
-
-
-def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, seed=0):
-    """A tf.data pipeline that decodes, resizes and scales images on the fly.
-
-    Nothing is stored upscaled: 12000 images at 224x224 in float32 would be 7 GB.
-    """
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed)
-    if x.dtype.kind == "U":  # file paths, not pixels
-        ds = ds.map(lambda path, label: (read_image(path), label), num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda image, label: (network_input(image, image_size), label), num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size)
-    if augment:  # in the pipeline, not the model: the exported model stays a plain classifier
-        augmenter = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
-                                         tf.keras.layers.RandomRotation(0.05),
-                                         tf.keras.layers.RandomZoom(0.1)])
-        ds = ds.map(lambda images, labels: (augmenter(images, training=True), labels),
-                    num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
-
-
-# 3. Model -------------------------------------------------------------------
-
-def build_model(handle, image_size, num_classes, dropout):
-    """The frozen base, and three Keras models that share its layers and the head's.
-
-    model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export.
-    extractor  images -> MobileNetV2 features: run once per image.
-    head       features -> Dropout -> Dense: what we train.
-    Training the head trains the model, because they share the Dropout and
-    Dense layers. Dropout hides random features during training, so that
-    the head cannot lean on a few of them (1280 inputs, few thousand images).
-    """
-    images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
-    try:
-        base = hub.KerasLayer(handle, trainable=False, name="mobilenet_v2")
-    except Exception as e:
-        where = ("a local path as --model-handle, or the module placed in $TFHUB_CACHE_DIR"
-                 if "://" in handle else "a folder holding a TF2 SavedModel (saved_model.pb)")
-        fail(f"cannot load --model-handle {handle} ({type(e).__name__}); "
-             f"to run offline use {where}, and --data-dir instead of the CIFAR-10 download")
-    try:
-        # training=False keeps the base's BatchNorm layers in inference mode even
-        # when fine-tuning: on a small dataset, updating their ImageNet statistics
-        # would wreck the features the base has already learned.
-        features = base(images, training=False)
-    except (ValueError, TypeError):
-        fail(f"the module {handle} does not accept {image_size}x{image_size} images; "
-             "set --image-size to the size it was built for (224 for MobileNetV2)")
-    if len(features.shape) != 2:
-        fail(f"the module {handle} returns shape {features.shape}, not a feature vector; "
-             "use an image feature-vector module, not a classifier or a raw SavedModel")
-    drop = tf.keras.layers.Dropout(dropout, name="dropout")
-    classify = tf.keras.layers.Dense(num_classes, activation="softmax", name="classifier")
-    model = tf.keras.Model(images, classify(drop(features)), name="classifier_model")
-    extractor = tf.keras.Model(images, features, name="feature_extractor")
-    feature_input = tf.keras.Input(shape=features.shape[1:], name="features")
-    head = tf.keras.Model(feature_input, classify(drop(feature_input)), name="head")
-    return model, base, extractor, head
-
-
-def compile_for_training(model, learning_rate):
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
-
-# 4. Bottleneck features -----------------------------------------------------
-# The central idea. The "bottleneck" is the base's last layer: the 1280
-# features it boils each image down to. The base is frozen, so it gives the
-# same features for an image in every epoch. Running MobileNetV2 is nearly
-# all the work, so we run it once per image, keep the features (5 KB each),
-# and train the head on them: an epoch then takes under a second, not minutes.
-
-def extract_features(extractor, images, labels):
-    """A dataset of (features, label) pairs, held in memory."""
-    return tf.data.Dataset.from_tensor_slices((extractor.predict(images), labels))
-
-
-# 5. Training ----------------------------------------------------------------
-
-def train(model, train_data, val_data, epochs):
-    """model.fit, keeping the weights of the epoch with the lowest validation loss.
-
-    The best epoch is chosen on validation data, never on the test images:
-    those must stay unseen to tell honestly how the model does on new photos.
-    Loss rather than accuracy: on a small validation set many epochs tie on
-    accuracy. patience=epochs: EarlyStopping never stops early, only restores.
-    """
-    keep_best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
-                                                 restore_best_weights=True, verbose=1)
-    return model.fit(train_data, validation_data=val_data, epochs=epochs,
-                     callbacks=[keep_best]).history
-
-
-def kept_val_accuracy(history):
-    """The validation accuracy of the epoch whose weights were kept."""
-    return history["val_accuracy"][int(np.argmin(history["val_loss"]))]
-
-
-def fine_tune(model, base, train_images, val_images, args, val_accuracy_before):
-    """Unfreeze the base and nudge all of its weights towards our classes.
-
-    The learning rate is far smaller than the head's, so that noisy gradients
-    from a few thousand images cannot overwrite ImageNet's features. It warms
-    up (Adam's first steps move every weight by the full rate, which knocked
-    the model below the frozen one) and decays to zero. BatchNorm keeps its
-    ImageNet statistics (see build_model). If no epoch beats the frozen model
-    on validation, the frozen one is kept.
-    """
-    before = model.get_weights()
-    base.trainable = True
-    steps = args.fine_tune_epochs * len(train_images)  # len() of a batched dataset counts batches
-    warmup = steps // 10
-    schedule = tf.keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, warmup_target=args.fine_tune_learning_rate, warmup_steps=warmup,
-        decay_steps=steps - warmup)
-    compile_for_training(model, schedule)  # compile() fixes what is trainable
-    history = train(model, train_images, val_images, args.fine_tune_epochs)
-    if kept_val_accuracy(history) < val_accuracy_before:
-        print("Fine-tuning did not beat the frozen model on validation; keeping the frozen one.")
-        model.set_weights(before)
-    return history
-
-
-# 6. Evaluation --------------------------------------------------------------
-
-def evaluate(model, test_images, y_test, num_classes):
-    """One pass of the whole model over the test images, as a user will run it."""
-    probabilities = model.predict(test_images)
-    predicted = probabilities.argmax(axis=1)
-    return dict(probabilities=probabilities, accuracy=float(np.mean(predicted == y_test)),
-                loss=float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(y_test, probabilities))),
-                confusion=tf.math.confusion_matrix(y_test, predicted, num_classes=num_classes).numpy())
-
-
-# 7. Plots -------------------------------------------------------------------
-
-def plot_history(history, fine_tune_start, path):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        ax.plot(epochs, history[metric], "o-", label="train")
-        ax.plot(epochs, history["val_" + metric], "o-", label="validation")
-        if fine_tune_start:
-            ax.axvline(fine_tune_start + 0.5, color="grey", linestyle="--", label="fine-tuning starts")
-        ax.set(title=metric.capitalize(), xlabel="epoch")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def plot_predictions(images, labels, probabilities, classes, path):
-    """Sample test images: predicted class and confidence, green if right, red if wrong."""
-    fig, axes = plt.subplots(4, 4, figsize=(10, 11))
-    for ax, image, label, p in zip(axes.flat, images, labels, probabilities):
-        ax.imshow(image)
-        ax.set_title(f"{classes[p.argmax()]} {p.max():.0%}\n(true: {classes[label]})",
-                     color="green" if p.argmax() == label else "red", fontsize=10)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def plot_confusion_matrix(confusion, classes, path):
-    fig, ax = plt.subplots(figsize=(2 + len(classes), 1.5 + len(classes)))
-    ax.imshow(confusion, cmap="Blues")
-    for (i, j), count in np.ndenumerate(confusion):
-        ax.text(j, i, count, ha="center", va="center",
-                color="white" if count > confusion.max() / 2 else "black")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
-           yticklabels=classes, xlabel="predicted", ylabel="true", title="Test confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-# 8. Export ------------------------------------------------------------------
-
-def export_model(model, classes, work_dir, check_images, check_probabilities):
-    """Save the model and its labels for inference, reload it, check it predicts as before.
-
-    model.export keeps only the forward pass, as serve(images): any TensorFlow
-    program (or TF Serving) runs it without Keras or tensorflow_hub, and it
-    saves in a third of the time of model.save, which keeps training too.
-    """
-    tf.keras.utils.disable_interactive_logging()  # else export lists every variable
-    model.export(os.path.join(work_dir, "model"))
-    tf.keras.utils.enable_interactive_logging()
-    with open(os.path.join(work_dir, "labels.txt"), "w") as f:
-        f.write("".join(c + "\n" for c in classes))
-    reloaded = tf.saved_model.load(os.path.join(work_dir, "model"))
-    difference = np.abs(reloaded.serve(check_images).numpy() - check_probabilities).max()
-    print(f"Reloaded model/ predicts as the trained model (largest difference {difference:.1e}).")
-    if difference > 1e-4:
-        raise RuntimeError("the exported model does not reproduce the trained model")
-
-
-def export_tflite(model, work_dir, check_images, check_probabilities):
-    """MobileNet was made for phones: TFLite is how it gets onto one."""
-    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    path = os.path.join(work_dir, "model.tflite")
-    with open(path, "wb") as f:
-        f.write(tflite)
-    runner = tf.lite.Interpreter(model_path=path).get_signature_runner()
-    tflite_classes = [runner(images=image[None])["classifier"].argmax() for image in check_images]
-    agree = float(np.mean(tflite_classes == check_probabilities.argmax(1)))
-    print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, same class as the SavedModel "
-          f"on {agree:.0%} of {len(check_images)} test images.")
-    return agree
-
-
-def predict_images(paths, model_dir):
-    """Classify new photos with an exported run: one line per image."""
-    if not os.path.isfile(os.path.join(model_dir, "labels.txt")):
-        fail(f"--model-dir {model_dir} is not an exported run (no labels.txt); "
-             "give a folder written by an earlier training run")
-    with open(os.path.join(model_dir, "labels.txt")) as f:
-        classes = f.read().splitlines()
-    try:
-        model = tf.saved_model.load(os.path.join(model_dir, "model"))
-        serve = model.serve  # runs exported before model.export have none
-    except Exception as e:
-        fail(f"cannot load the model in {model_dir}/model ({type(e).__name__}); "
-             "train again to export a complete run")
-    size = model.signatures["serving_default"].inputs[0].shape[1]  # the size it was trained at
-    failed = 0
-    for path in paths:
-        try:
-            image = network_input(read_image(path), size)
-        except Exception:
-            print(f"error: cannot read {path} as an image; skipping it", file=sys.stderr)
-            failed += 1
-            continue
-        p = serve(image[None]).numpy()[0]
-        top = p.argsort()[::-1][:3 if len(classes) > 2 else 1]
-        print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in top))
-    return 2 if failed else 0
-
-
-# The whole lesson in order, and main() -------------------------------------
-
-def run(args, work_dir):
-    """Every step of the lesson, in order; the files go into work_dir."""
-    clock = [("start", time.perf_counter())]
-    # TensorFlow puts the work on a GPU by itself when it sees one.
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    print(f"Running on {device}.")
-
-    # 2. Data: pipelines that stream images. Those in `datasets` keep file order,
-    # so that features line up with labels; train_images is shuffled, for
-    # training the whole model on images (--augment, fine-tuning).
-    splits, classes, skipped = load_data(args)
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
-        splits["train"], splits["validation"], splits["test"])
-    datasets = {name: make_dataset(x, y, args.image_size, INFERENCE_BATCH_SIZE)
-                for name, (x, y) in splits.items()}
-    train_images = make_dataset(x_train, y_train, args.image_size, args.batch_size,
-                                shuffle=True, augment=args.augment, seed=args.seed)
-    clock.append(("data", time.perf_counter()))
-
-    # 3. Model: only the head's Dense layer has trainable weights.
-    model, base, extractor, head = build_model(args.model_handle, args.image_size,
-                                               len(classes), args.dropout)
-    model.summary()
-    clock.append(("model", time.perf_counter()))
-
-    # 4. Features, once per image, and the head that trains on them; with
-    # --augment the images change every epoch, so the base sees them every epoch.
-    if args.augment:
-        trainee, train_data, val_data = model, train_images, datasets["validation"]
-    else:
-        print("Computing MobileNetV2 features, once per image:")
-        trainee = head
-        train_data = (extract_features(extractor, datasets["train"], y_train)
-                      .shuffle(len(y_train), seed=args.seed).batch(args.batch_size))
-        val_data = extract_features(extractor, datasets["validation"], y_val).batch(args.batch_size)
-    clock.append(("features", time.perf_counter()))
-
-    # 5. Training
-    compile_for_training(trainee, args.learning_rate)
-    accuracy_before = trainee.evaluate(val_data, verbose=0)[1]
-    print(f"Validation accuracy before training: {accuracy_before:.3f} "
-          f"(chance is about {1 / len(classes):.3f})")
-    history = train(trainee, train_data, val_data, args.epochs)
-    val_accuracy = {"after_head": kept_val_accuracy(history)}
-    clock.append(("training", time.perf_counter()))
-
-    fine_tune_start, head_test_accuracy = None, None
-    if args.fine_tune_epochs:
-        head_test_accuracy = evaluate(model, datasets["test"], y_test, len(classes))["accuracy"]
-        print(f"Test accuracy with the frozen base: {head_test_accuracy:.4f}")
-        more = fine_tune(model, base, train_images, datasets["validation"], args,
-                         val_accuracy["after_head"])
-        fine_tune_start = len(history["loss"])
-        history = {k: history[k] + more[k] for k in history}
-        val_accuracy["after_fine_tuning"] = max(val_accuracy["after_head"], kept_val_accuracy(more))
-        clock.append(("fine_tuning", time.perf_counter()))
-
-    # 6. Evaluation: the whole model, on test images it has never seen.
-    result = evaluate(model, datasets["test"], y_test, len(classes))
-    print(f"Test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on {len(y_test)} images")
-    print("Confusion matrix (rows: true class, columns: predicted):\n", result["confusion"])
-    clock.append(("evaluation", time.perf_counter()))
-
-    # 7. Plots
-    sample_images = next(iter(datasets["test"]))[0][:16].numpy()
-    plot_history(history, fine_tune_start, os.path.join(work_dir, "history.png"))
-    plot_predictions(sample_images, y_test[:16], result["probabilities"][:16], classes,
-                     os.path.join(work_dir, "predictions.png"))
-    plot_confusion_matrix(result["confusion"], classes, os.path.join(work_dir, "confusion_matrix.png"))
-    clock.append(("plots", time.perf_counter()))
-
-    # 8. Export
-    check = (sample_images, result["probabilities"][:len(sample_images)])
-    export_model(model, classes, work_dir, *check)
-    tflite_agreement = export_tflite(model, work_dir, *check) if args.tflite else None
-    clock.append(("export", time.perf_counter()))
-    metrics = dict(
-        classes=classes, num_train=len(y_train), num_val=len(y_val), num_test=len(y_test),
-        skipped_files=skipped, accuracy_before_training=accuracy_before, val_accuracy=val_accuracy,
-        head_test_accuracy=head_test_accuracy, test_accuracy=result["accuracy"],
-        test_loss=result["loss"], confusion_matrix=result["confusion"].tolist(), epochs=args.epochs,
-        fine_tune_epochs=args.fine_tune_epochs, augment=args.augment, tflite_agreement=tflite_agreement,
-        image_size=args.image_size, model_handle=args.model_handle,
-        data=args.data_dir or "CIFAR-10", device=device,
-        seconds={phase: round(t - t0, 2) for (_, t0), (phase, t) in zip(clock, clock[1:])})
+def save_metrics(work_dir, args, results):
+    """metrics.json: the results, every setting and version that shaped them, seconds per step."""
+    STEPS.append(("end", time.perf_counter()))
+    results.update(settings=vars(args), seconds={name: round(t - t0, 2) for (name, t0), (_, t) in zip(STEPS, STEPS[1:])},
+                   versions=dict(python=platform.python_version(), tensorflow=tf.__version__,
+                                 tensorflow_hub=hub.__version__, litert=LiteRT is not None))
     with open(os.path.join(work_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+        json.dump(results, f, indent=2)
 
 
 def main(argv=None):
@@ -611,12 +733,21 @@ def main(argv=None):
     check_args(args)
     if args.predict:
         return predict_images(args.predict, args.model_dir)
+    check_keras_2()
     if args.no_show:
         plt.switch_backend("Agg")
     tf.keras.utils.set_random_seed(args.seed)
     output_dir, work_dir = prepare_output_dir(args.output_dir)
+    results, status, STEPS[:] = {}, 0, []
     try:
-        run(args, work_dir)
+        try:
+            run_lesson(args, work_dir, results)
+        except Exception as e:  # after the test results, a failing plot or export keeps the run
+            if "test_accuracy" not in results:
+                raise
+            results["last_step_error"], status = f"{type(e).__name__}: {e}", 1
+            print(f"error: {results['last_step_error']}; the rest of the run is saved", file=sys.stderr)
+        save_metrics(work_dir, args, results)
         os.replace(work_dir, output_dir)  # the run appears whole, or not at all
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -625,12 +756,14 @@ def main(argv=None):
         try:
             plt.show()
         except KeyboardInterrupt:
-            pass
-    return 0
+            print(f"\nInterrupted; the run is saved in {output_dir}/", file=sys.stderr)
+            return 130
+    return status
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        interrupted()
+        print("\nInterrupted: no run folder was written; earlier runs are untouched.", file=sys.stderr)
+        sys.exit(130)

@@ -1,16 +1,16 @@
 """Shared fixtures: tiny feature-vector modules and small image folders, all offline.
 
 The tests never touch the network: a TF Hub module is a SavedModel that we
-build here in a second, and images come from a slice of ../shared/data.
+build here in a second, and the images are written here too. They set their
+own environment, so the caller's TF_CPP_MIN_LOG_LEVEL and MPLBACKEND don't matter.
 """
 import hashlib
 import os
-import shutil
+import re
 import subprocess
 import sys
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -18,7 +18,6 @@ import tensorflow as tf  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "transfer_learning.py")
-CATDOG = os.path.join(REPO, "..", "shared", "data", "cifar10-catdog")
 sys.path.insert(0, REPO)
 
 import transfer_learning as tl  # noqa: E402
@@ -62,26 +61,7 @@ def exported_base_weights(run_dir):
     return {v.name: v.numpy() for v in model.variables if not v.name.startswith("classifier/")}
 
 
-def copy_slice(split, classes, per_class, target):
-    """Copy the first per_class CIFAR cat/dog JPEGs of a split into target/<class>/."""
-    for name in classes:
-        os.makedirs(target / name, exist_ok=True)
-        files = sorted(os.listdir(os.path.join(CATDOG, split, name)))[:per_class]
-        for f in files:
-            shutil.copy(os.path.join(CATDOG, split, name, f), target / name / f)
-    return target
-
-
-@pytest.fixture(scope="session")
-def catdog(tmp_path_factory):
-    """A small slice of the real cat/dog JPEGs with train/ and test/ folders."""
-    root = tmp_path_factory.mktemp("catdog")
-    copy_slice("train", ["cat", "dog"], 60, root / "train")
-    copy_slice("test", ["cat", "dog"], 20, root / "test")
-    return root
-
-
-def write_colour_images(folder, colours, per_class, size=32, seed=0):
+def write_colour_images(folder, colours, per_class, size=32, seed=0, jpeg=False):
     """Classes that differ only by colour: separable by any feature vector."""
     rng = np.random.default_rng(seed)
     for name, colour in colours.items():
@@ -89,8 +69,19 @@ def write_colour_images(folder, colours, per_class, size=32, seed=0):
         for i in range(per_class):
             noise = rng.integers(-40, 40, (size, size, 3))
             pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-            tf.io.write_file(str(folder / name / f"{i:03d}.png"), tf.io.encode_png(pixels))
+            encoded = tf.io.encode_jpeg(pixels) if jpeg else tf.io.encode_png(pixels)
+            tf.io.write_file(str(folder / name / f"{i:03d}.{'jpg' if jpeg else 'png'}"), encoded)
     return folder
+
+
+@pytest.fixture(scope="session")
+def catdog(tmp_path_factory):
+    """Small 32x32 'cat' and 'dog' JPEGs in train/ (60 each) and test/ (20 each), like CIFAR-10's."""
+    root = tmp_path_factory.mktemp("catdog")
+    colours = {"cat": (150, 110, 80), "dog": (90, 100, 140)}
+    write_colour_images(root / "train", colours, 60, jpeg=True)
+    write_colour_images(root / "test", colours, 20, seed=1, jpeg=True)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +93,16 @@ def three_colours(tmp_path_factory):
 
 def run_script(*args, env=None, timeout=300):
     """Run transfer_learning.py as a user would, in a subprocess."""
-    full_env = dict(os.environ, MPLBACKEND="Agg", **(env or {}))
     return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True,
-                          text=True, env=full_env, timeout=timeout, cwd=REPO)
+                          text=True, env=dict(os.environ, **(env or {})), timeout=timeout, cwd=REPO)
+
+
+# TensorFlow 2.21 logs a few lines through absl before its logging is set up
+# (e.g. "Could not find cuda drivers" on a machine without CUDA), whatever
+# TF_CPP_MIN_LOG_LEVEL says; LiteRT announces its XNNPACK delegate.
+TF_LOG_LINE = re.compile(r"^(WARNING: All log messages before absl|[IWEF]\d{4} \d\d:\d\d:\d\d|INFO: Created TensorFlow Lite)")
+
+
+def script_lines(stderr):
+    """What the script itself wrote on stderr, without TensorFlow's own log lines."""
+    return [line for line in stderr.splitlines() if line.strip() and not TF_LOG_LINE.match(line)]

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import exported_base_weights, run_script, tl
+from ai_edge_litert.interpreter import Interpreter
+
+from conftest import exported_base_weights, run_script, script_lines, tl
 
 FAST = ["--image-size", "32", "--learning-rate", "0.05", "--no-show"]
 
@@ -40,18 +42,18 @@ def test_fine_tuning_changes_the_base_but_not_its_batchnorm_statistics(fine_tune
 
 def test_fine_tuning_reports_both_phases_and_never_ends_below_the_head(fine_tuned):
     _, m = fine_tuned
-    assert m["fine_tune_epochs"] == 2 and set(m["val_accuracy"]) == {"after_head", "after_fine_tuning"}
+    assert m["settings"]["fine_tune_epochs"] == 2 and set(m["val_accuracy"]) == {"after_head", "after_fine_tuning"}
     assert m["val_accuracy"]["after_fine_tuning"] >= m["val_accuracy"]["after_head"]
     assert m["head_test_accuracy"] is not None and m["test_accuracy"] >= 0.9
-    assert "fine_tuning" in m["seconds"]
+    assert "Fine-tuning" in m["seconds"]
 
 
 def test_tflite_model_predicts_the_same_classes(fine_tuned, three_colours):
     out, m = fine_tuned
     assert m["tflite_agreement"] == 1.0
-    interpreter = tf.lite.Interpreter(model_path=str(out / "model.tflite"))
+    interpreter = Interpreter(model_path=str(out / "model.tflite"))
     run = interpreter.get_signature_runner()
-    x, y = tl.list_images(str(three_colours), ["blue", "green", "red"])
+    x, y = tl.list_files(str(three_colours), ["blue", "green", "red"])
     images = next(iter(tl.make_dataset(x[::10], y[::10], 32, 16)))[0].numpy()
     saved_model = tf.saved_model.load(str(out / "model"))
     saved = saved_model.serve(images).numpy()
@@ -62,7 +64,7 @@ def test_tflite_model_predicts_the_same_classes(fine_tuned, three_colours):
 
 def test_augmentation_trains_on_images_and_still_learns(three_colours, module32, tmp_path):
     m = train_run(three_colours, module32, tmp_path / "run", "--epochs", "15", "--augment")
-    assert m["augment"] is True
+    assert m["settings"]["augment"] is True
     assert m["test_accuracy"] > 0.7  # chance is 1/3
 
 
@@ -108,18 +110,24 @@ def test_predict_reports_unreadable_files_and_still_predicts_the_rest(colour_run
 def test_predict_without_an_exported_run_is_a_clear_error(tmp_path):
     result = run_script("--predict", "x.jpg", "--model-dir", tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--model-dir" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "--model-dir" in result.stderr and len(script_lines(result.stderr)) == 1
 
 
-@pytest.mark.parametrize("damage", ["truncated saved_model.pb", "a SavedModel without serve()"])
+@pytest.mark.parametrize("damage", ["truncated saved_model.pb", "a SavedModel without serve()",
+                                    "no serving_default signature"])
 def test_predict_with_a_damaged_model_is_a_clear_error(colour_run, three_colours, tmp_path, damage):
     damaged = tmp_path / "run"
     shutil.copytree(colour_run, damaged)
     if damage == "truncated saved_model.pb":
         (damaged / "model" / "saved_model.pb").write_bytes(b"truncated")
-    else:  # such as a run exported by model.save, before this script used model.export
+    elif damage == "a SavedModel without serve()":  # such as a run exported by model.save
         shutil.rmtree(damaged / "model")
         tf.saved_model.save(tf.Module(), str(damaged / "model"))
+    else:
+        shutil.rmtree(damaged / "model")
+        module = tf.Module()
+        module.serve = tf.function(lambda images: images, input_signature=[tf.TensorSpec([None, 32, 32, 3])])
+        tf.saved_model.save(module, str(damaged / "model"), signatures={})
     result = run_script("--predict", three_colours / "red" / "000.png", "--model-dir", damaged)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "train again" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "train again" in result.stderr and len(script_lines(result.stderr)) == 1

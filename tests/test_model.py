@@ -1,8 +1,13 @@
-"""3-5. Model, bottleneck features and training: frozen base, trainable head."""
+"""2-3. Model, bottleneck features and training: frozen base, trainable head."""
+import json
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from conftest import tl
+from conftest import SCRIPT, REPO, script_lines, tl
 
 
 def test_only_the_head_is_trainable(module32):
@@ -24,9 +29,10 @@ def colour_split(n, seed):
     return x.astype(np.uint8), y
 
 
-def features_of(extractor, split, batch_size=32):
+def features_of(extractor, split, batch_size=32, runtime="keras"):
     x, y = split
-    return tl.extract_features(extractor, tl.make_dataset(x, y, 32, 64), y).batch(batch_size)
+    features = tl.feature_function(extractor, runtime)(tl.make_dataset(x, y, 32, 64))
+    return tf.data.Dataset.from_tensor_slices((features, y)).batch(batch_size)
 
 
 def test_training_the_head_trains_the_model_and_leaves_the_base_frozen(module32):
@@ -63,3 +69,54 @@ def test_keeps_the_weights_of_the_epoch_with_the_lowest_validation_loss(module32
     assert min(history["val_loss"]) < history["val_loss"][-1]
     final_loss = head.evaluate(val, verbose=0)[0]
     assert np.isclose(final_loss, min(history["val_loss"]), rtol=1e-4)
+
+
+# Bottleneck features through LiteRT -------------------------------------------
+
+def test_litert_features_equal_keras_features(module32):
+    _, _, extractor, _ = tl.build_model(module32, 32, 3, 0.2)
+    images = tl.make_dataset(*colour_split(70, 2), 32, 32)  # 32 + 32 + 6: the last batch is smaller
+    keras = tl.feature_function(extractor, "keras")(images)
+    litert = tl.feature_function(extractor, "litert")(images)
+    assert litert.shape == keras.shape == (70, extractor.output_shape[1])
+    np.testing.assert_allclose(litert, keras, atol=1e-4)
+
+
+@pytest.mark.parametrize("images, device, runtime", [
+    (1500, "CPU", "keras"),    # --max-images 500: three splits of 500 do not repay the conversion
+    (12000, "CPU", "litert"),  # all of CIFAR-10's cats and dogs
+    (12000, "GPU", "keras"),
+])
+def test_auto_converts_for_litert_only_when_it_pays(images, device, runtime):
+    assert tl.choose_feature_runtime("auto", images, device) == runtime
+    assert tl.choose_feature_runtime("keras", 12000, "CPU") == "keras"
+    assert tl.choose_feature_runtime("litert", 10, "CPU") == "litert"
+
+
+def test_both_runtimes_train_the_same_head(module32, three_colours, tmp_path):
+    metrics = {}
+    for runtime in ("keras", "litert"):
+        out = tmp_path / runtime
+        assert tl.main(["--data-dir", str(three_colours), "--model-handle", module32, "--image-size", "32",
+                        "--epochs", "5", "--features-with", runtime, "--output-dir", str(out), "--no-show"]) == 0
+        metrics[runtime] = json.load(open(out / "metrics.json"))
+        assert metrics[runtime]["features_with"] == runtime and metrics[runtime]["export_check"]["passed"]
+    keras, litert = metrics["keras"], metrics["litert"]
+    assert litert["test_accuracy"] == keras["test_accuracy"]
+    assert litert["confusion_matrix"] == keras["confusion_matrix"]
+    assert litert["test_loss"] == pytest.approx(keras["test_loss"], abs=1e-4)
+
+
+def test_without_litert_installed_it_falls_back_to_keras_with_one_line(module32, three_colours, tmp_path):
+    out = tmp_path / "run"
+    blocked = ("import runpy, sys; sys.modules['ai_edge_litert'] = None; sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", blocked, SCRIPT, "--data-dir", str(three_colours),
+                             "--model-handle", module32, "--image-size", "32", "--epochs", "2",
+                             "--features-with", "litert", "--output-dir", str(out), "--no-show"],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert script_lines(result.stderr) == ["warning: LiteRT is not installed (pip install ai-edge-litert); "
+                                           "computing the features with Keras"]
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["features_with"] == "keras" and metrics["versions"]["litert"] is False
