@@ -1,26 +1,17 @@
 """Transfer learning: a frozen MobileNetV2 from TensorFlow Hub learns your classes.
 
-What you build: an image classifier (cats vs dogs from CIFAR-10 by default, or
-your own folders of photos) on top of MobileNetV2, a network that already
-learned to see from 1.3 million ImageNet photos. Its weights stay frozen; only
-a small Dropout + Dense "head" is trained, on features computed once per image.
-
-What you learn, in the order the file reads:
-  1. Data         CIFAR-10 cats and dogs, as floats in [0, 1] at the network's size.
-  2. Model        a frozen TF Hub feature vector under a new Dropout + Dense head.
-  3. Features     why a frozen base runs once per image, and the head trains on that.
-  4. Evaluation   accuracy and confusions on unseen images, and where the network looks.
-  5. Plots        training history, sample predictions, confusions, occlusion maps.
-  6. Export       a SavedModel that runs anywhere, reloaded and checked.
-  run_lesson() runs these steps in order: it is the table of contents.
+You build an image classifier (cats vs dogs from CIFAR-10, or your own photos)
+on MobileNetV2, a network that already learned to see from 1.3 million
+ImageNet photos. Its weights stay frozen; only a small Dropout + Dense "head"
+is trained, on features computed once per image. In the order the file reads:
+  1. Data        CIFAR-10 cats and dogs, as floats in [0, 1] at the network's size.
+  2. Model       a frozen TF Hub feature vector under a new Dropout + Dense head.
+  3. Features    why a frozen base runs once per image; the head trains on them.
+  4. Evaluation  accuracy on unseen images, and where the network looks.
+  5. Plots and 6. Export; then run_lesson() runs them all in order.
   Extra lessons, off by default: --augment, --fine-tune-epochs, --tflite, --predict.
   Then the plumbing: your own photos (--data-dir), flags, errors, main().
-
-Run it:
-    python transfer_learning.py                      # CIFAR-10 cats vs dogs
-    python transfer_learning.py --max-images 500     # a quick first run
-    python transfer_learning.py --data-dir photos/   # photos/<class>/*.jpg
-    python transfer_learning.py --predict a.jpg --model-dir runs/<run>
+Run it: python transfer_learning.py [--max-images 500 for a quick first run] [--help]
 """
 import argparse
 import json
@@ -30,13 +21,12 @@ import shutil
 import sys
 import time
 
-# tensorflow_hub's KerasLayer is a Keras 2 layer: ask for Keras 2 (the tf-keras
-# package) before TensorFlow is imported. Quiet TensorFlow's start-up messages
-# unless you ask for them (TF_CPP_MIN_LOG_LEVEL=0 shows why no GPU is found).
+# tensorflow_hub's KerasLayer is a Keras 2 layer: ask for Keras 2 (tf-keras)
+# before TensorFlow is imported, and for fewer start-up messages.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# TensorFlow's BFC allocator reuses the memory of one batch of activations for
-# the next; the default CPU allocator made the feature pass 3x slower here.
+# The BFC allocator reuses one batch's activation memory for the next; the
+# default CPU allocator made the feature pass 3x slower here.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 try:
     import matplotlib.pyplot as plt
@@ -46,7 +36,7 @@ try:
 except KeyboardInterrupt:  # Ctrl-C while TensorFlow loads
     print("Interrupted.", file=sys.stderr)
     sys.exit(130)
-try:  # LiteRT, MobileNet's own runtime; it has no wheels for some platforms
+try:  # LiteRT, MobileNet's own runtime, has no wheels for some platforms
     from ai_edge_litert.interpreter import Interpreter as LiteRT
 except ImportError:
     LiteRT = None
@@ -55,19 +45,14 @@ except ImportError:
 # of 224x224 pixels in, 1280 numbers describing each image out.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 CIFAR10_CAT, CIFAR10_DOG = 3, 5
-# Only running the network, not training it: batches of 32 keep more
-# activations in a CPU's cache than 64 (15% faster here).
-INFERENCE_BATCH_SIZE = 32
-# Converting MobileNetV2 for LiteRT takes 10-20 s: it pays from about this many images.
-LITERT_MIN_IMAGES = 3000
+INFERENCE_BATCH_SIZE = 32  # for running the network: on a CPU, 15% faster than 64
+LITERT_MIN_IMAGES = 3000  # converting for LiteRT takes 10-20 s: it pays from about this many
 OCCLUSION_GRID = 4  # where_it_looks.png hides each of 4x4 patches in turn
 AUTOTUNE = tf.data.AUTOTUNE
-
 
 # 1. Data ----------------------------------------------------------------------
 # A split is a pair (x, y): x holds images (CIFAR-10 arrives as arrays) or
 # image file paths (your folders), y the class numbers.
-
 def load_cifar10_cats_and_dogs():
     """CIFAR-10's cats (3) and dogs (5), relabelled 0 = cat, 1 = dog."""
     (x_train, y_train), (x_test, y_test) = tf.keras.datasets.cifar10.load_data()
@@ -77,27 +62,21 @@ def load_cifar10_cats_and_dogs():
         splits[name] = (x[keep], (y[keep, 0] == CIFAR10_DOG).astype(np.int64))
     return splits, ["cat", "dog"]
 
-
 def read_image(path):
     """Any JPEG, PNG, BMP, GIF or WebP becomes an RGB uint8 image (grey, alpha and palettes too)."""
     return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
 
-
 def scale_and_resize(image, image_size):
     """Float pixels in [0, 1], as TF Hub image modules take them, at image_size square.
 
-    The network learned on 224x224 photos: upscaling CIFAR's 32x32 images lets
-    its filters see objects at the scale they know. Pixels become floats first:
-    convert_image_dtype divides by 255 only while they are integers.
+    The network learned on 224x224 photos: upscaling CIFAR's 32x32 images lets its filters
+    see objects at the scale they know. convert_image_dtype divides by 255 (ints only).
     """
     return tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), (image_size, image_size))
 
-
 def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, seed=0):
-    """A tf.data pipeline that decodes, scales and resizes images on the fly.
-
-    Nothing is stored upscaled: 12000 images at 224x224 in float32 would be 7 GB.
-    """
+    """A tf.data pipeline that decodes, scales and resizes on the fly: nothing is stored
+    upscaled (12000 images at 224x224 in float32 would be 7 GB)."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed)
@@ -107,28 +86,24 @@ def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, see
                 num_parallel_calls=AUTOTUNE).batch(batch_size)
     if augment:  # in the pipeline, not the model: the exported model stays a plain classifier
         augmenter = random_augmenter()
-        ds = ds.map(lambda images, labels: (augmenter(images, training=True), labels),
-                    num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda images, labels: (augmenter(images, training=True), labels), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
-
 # 2. Model ---------------------------------------------------------------------
-
 def build_model(handle, image_size, num_classes, dropout):
     """The frozen base, and three Keras models that share its layers and the head's.
 
     model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export.
     extractor  images -> MobileNetV2 features: run once per image.
     head       features -> Dropout -> Dense: what we train.
-    Training the head trains the model, because they share the Dropout and
-    Dense layers. Dropout hides random features during training, so that
-    the head cannot lean on a few of them (1280 inputs, few thousand images).
+    Training the head trains the model, because they share the Dropout and Dense layers.
+    Dropout hides random features during training, so that the head cannot lean on a few
+    of them (1280 inputs, a few thousand images).
     """
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     base = hub.KerasLayer(handle, trainable=False, name="mobilenet_v2")
-    # training=False keeps the base's BatchNorm layers in inference mode even
-    # when fine-tuning: on a small dataset, updating their ImageNet statistics
-    # would wreck the features the base has already learned.
+    # training=False keeps BatchNorm in inference mode even when fine-tuning: on a small
+    # dataset, updating its ImageNet statistics would wreck the features already learned.
     features = base(images, training=False)
     drop = tf.keras.layers.Dropout(dropout, name="dropout")
     classify = tf.keras.layers.Dense(num_classes, activation="softmax", name="classifier")
@@ -138,19 +113,15 @@ def build_model(handle, image_size, num_classes, dropout):
     head = tf.keras.Model(feature_input, classify(drop(feature_input)), name="head")
     return model, base, extractor, head
 
-
 def compile_for_training(model, learning_rate):
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
-
 # 3. Bottleneck features and the head trained on them ---------------------------
-# The central idea. The "bottleneck" is the base's last layer: the 1280
-# features it boils each image down to. The base is frozen, so it gives the
-# same features for an image in every epoch. Running MobileNetV2 is nearly
-# all the work, so we run it once per image, keep the features (5 KB each),
-# and train the head on them: an epoch then takes under a second, not minutes.
-
+# The central idea. The "bottleneck" is the base's last layer: the 1280 features it boils
+# each image down to. The base is frozen, so it gives the same features for an image in
+# every epoch. Running MobileNetV2 is nearly all the work, so we run it once per image,
+# keep the features (5 KB each), and train the head on them: seconds an epoch, not minutes.
 def choose_feature_runtime(wanted, num_images, device):
     """LiteRT on a CPU when there are enough images to repay converting the network."""
     if wanted == "auto":
@@ -161,14 +132,12 @@ def choose_feature_runtime(wanted, num_images, device):
         return "keras"
     return wanted
 
-
 def feature_function(extractor, runtime):
     """A function from a dataset of images to their features, run by Keras or by LiteRT.
 
-    MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is
-    its native runtime: on a CPU it runs the same network 2-3x faster than
-    Keras. Features are a pure function of the image and the frozen weights,
-    so this changes nothing that the head learns (they agree to about 1e-4).
+    MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is its native
+    runtime: on a CPU it runs the same network 2-3x faster than Keras. Features are a pure
+    function of the image and the frozen weights, so the head learns the same (to ~1e-4).
     """
     if runtime == "keras":
         return extractor.predict
@@ -176,28 +145,22 @@ def feature_function(extractor, runtime):
     run = LiteRT(model_content=converted, num_threads=os.cpu_count()).get_signature_runner()
     return lambda images: np.concatenate([run(images=x.numpy())["mobilenet_v2"] for x, _ in images])
 
-
 def train(model, train_data, val_data, epochs):
     """model.fit, keeping the weights of the epoch with the lowest validation loss.
 
-    The best epoch is chosen on validation data, never on the test images:
-    those must stay unseen to tell honestly how the model does on new photos.
-    Loss rather than accuracy: on a small validation set many epochs tie on
-    accuracy. patience=epochs: EarlyStopping never stops early, only restores.
+    The best epoch is chosen on validation data, never on the test images: those must stay
+    unseen to tell honestly how the model does on new photos. Loss rather than accuracy: on
+    a small validation set many epochs tie on accuracy. patience=epochs: never stops early.
     """
     keep_best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
                                                  restore_best_weights=True, verbose=1)
-    return model.fit(train_data, validation_data=val_data, epochs=epochs,
-                     callbacks=[keep_best]).history
-
+    return model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=[keep_best]).history
 
 def best_epoch_val_accuracy(history):
     """The validation accuracy of the epoch whose weights were kept."""
     return history["val_accuracy"][int(np.argmin(history["val_loss"]))]
 
-
 # 4. Evaluation ------------------------------------------------------------------
-
 def evaluate(model, test_data, y_test, num_classes):
     """Accuracy, loss and confusion matrix on test data the model has never seen."""
     probabilities = model.predict(test_data, verbose=0)
@@ -206,30 +169,25 @@ def evaluate(model, test_data, y_test, num_classes):
                 loss=float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(y_test, probabilities))),
                 confusion=tf.math.confusion_matrix(y_test, predicted, num_classes=num_classes).numpy())
 
-
 def occlusion_map(model, images, patch):
     """How much each image's predicted-class probability drops with a grey patch at each place.
 
-    Occlusion sensitivity (Zeiler and Fergus, 2014): hide one patch at a time
-    and see how much less sure the model gets. Where it drops most is what the
-    model looked at: the animal, or the background? It needs no gradients, so
-    it works for any module. It is a coarse localisation from a classifier,
-    not a detector, and CIFAR's 32x32 images make the grid coarser still.
-    Returns float [N, rows, cols], one value per patch (stride = patch).
+    Occlusion sensitivity (Zeiler and Fergus, 2014): hide one patch at a time and see how
+    much less sure the model gets. Where it drops most is what the model looked at: the
+    animal, or the background? It needs no gradients, so it works for any module. It is a
+    coarse localisation from a classifier, not a detector, and CIFAR's 32x32 images make
+    the grid coarser still. Returns float [N, rows, cols], one per patch (stride = patch).
     """
-    n, size = len(images), images.shape[1]
-    cells = size // patch
-    copies = np.repeat(images[:, None], cells * cells, axis=1)  # [N, cells*cells, S, S, 3]
+    n, cells = len(images), images.shape[1] // patch
+    copies = np.repeat(images[:, None], cells * cells, axis=1)  # [N, cells * cells, S, S, 3]
     for k in range(cells * cells):
         row, col = divmod(k, cells)
         copies[:, k, row * patch:(row + 1) * patch, col * patch:(col + 1) * patch] = 0.5
     before = model.predict(images, verbose=0)
     predicted = before.argmax(axis=1)
-    after = model.predict(copies.reshape(-1, *images.shape[1:]), batch_size=INFERENCE_BATCH_SIZE,
-                          verbose=0).reshape(n, cells * cells, -1)
-    drop = before[np.arange(n), predicted][:, None] - np.take_along_axis(after, predicted[:, None, None], 2)[..., 0]
-    return drop.reshape(n, cells, cells)
-
+    after = model.predict(copies.reshape(-1, *images.shape[1:]), batch_size=INFERENCE_BATCH_SIZE, verbose=0)
+    after = np.take_along_axis(after.reshape(n, cells * cells, -1), predicted[:, None, None], axis=2)
+    return (before[np.arange(n), predicted][:, None] - after[..., 0]).reshape(n, cells, cells)
 
 def pick_examples(labels, predicted, count):
     """Up to count indices: wrong and right predictions of every class, in turn."""
@@ -237,9 +195,7 @@ def pick_examples(labels, predicted, count):
               for right in (False, True) for c in np.unique(labels)]
     return np.array([g[i] for i in range(len(labels)) for g in groups if i < len(g)][:count], int)
 
-
 # 5. Plots -----------------------------------------------------------------------
-
 def plot_history(history, fine_tune_start, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
@@ -253,60 +209,48 @@ def plot_history(history, fine_tune_start, path):
     fig.tight_layout()
     fig.savefig(path)
 
-
 def plot_predictions(images, labels, probabilities, classes, path, heatmaps=None, title=None):
-    """Test images titled with predicted class and confidence, green if right, red if wrong.
-
-    With heatmaps (occlusion maps), each is laid over its image: red where
-    hiding the patch lowered the prediction most.
-    """
+    """Test images titled with predicted class and confidence, green if right, red if wrong;
+    occlusion maps laid over them, if given: red where hiding a patch lowered the prediction most."""
     rows = int(np.ceil(len(images) / 4))
     fig, axes = plt.subplots(rows, 4, figsize=(10, 2.75 * rows), squeeze=False)
     for k, (ax, image, label, p) in enumerate(zip(axes.flat, images, labels, probabilities)):
         ax.imshow(image)
         if heatmaps is not None:
-            s = image.shape[0] - 0.5
-            ax.imshow(heatmaps[k], cmap="jet", alpha=0.4, extent=(-0.5, s, s, -0.5), interpolation="bilinear")
+            edge = image.shape[0] - 0.5
+            ax.imshow(heatmaps[k], cmap="jet", alpha=0.4, extent=(-0.5, edge, edge, -0.5), interpolation="bilinear")
         ax.set_title(f"{classes[p.argmax()]} {p.max():.0%}\n(true: {classes[label]})",
                      color="green" if p.argmax() == label else "red", fontsize=10)
     for ax in axes.flat:
         ax.axis("off")
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
-
 
 def plot_confusion_matrix(confusion, classes, path):
     fig, ax = plt.subplots(figsize=(2 + len(classes), 1.5 + len(classes)))
     ax.imshow(confusion, cmap="Blues")
     for (i, j), count in np.ndenumerate(confusion):
-        ax.text(j, i, count, ha="center", va="center",
-                color="white" if count > confusion.max() / 2 else "black")
+        ax.text(j, i, count, ha="center", va="center", color="white" if count > confusion.max() / 2 else "black")
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
            yticklabels=classes, xlabel="predicted", ylabel="true", title="Test confusion matrix")
     fig.tight_layout()
     fig.savefig(path)
 
-
 # 6. Export ----------------------------------------------------------------------
-
 def export_model(model, classes, work_dir, images, probabilities, tolerance):
-    """Save the model and its labels for inference; reload it and check it predicts as before.
-
-    model.export keeps only the forward pass, as serve(images): any TensorFlow
-    program (or TF Serving) runs it without Keras or tensorflow_hub. The check
-    runs the whole exported model on images, end to end.
-    """
+    """Save the model and its labels for inference; reload it and check, end to end on images,
+    that it predicts as before. model.export keeps only the forward pass, as serve(images):
+    any TensorFlow program (or TF Serving) runs it without Keras or tensorflow_hub."""
     tf.keras.utils.disable_interactive_logging()  # else export lists every variable
     model.export(os.path.join(work_dir, "model"))
     tf.keras.utils.enable_interactive_logging()
     with open(os.path.join(work_dir, "labels.txt"), "w") as f:
         f.write("".join(c + "\n" for c in classes))
-    reloaded_model = tf.saved_model.load(os.path.join(work_dir, "model"))  # kept: serve() needs its variables
-    reloaded = reloaded_model.serve(images).numpy()
-    check = dict(images=len(images), same_class=float(np.mean(reloaded.argmax(1) == probabilities.argmax(1))),
-                 largest_difference=float(np.abs(reloaded - probabilities).max()), tolerance=tolerance)
+    reloaded = tf.saved_model.load(os.path.join(work_dir, "model"))  # kept: serve() needs its variables
+    again = reloaded.serve(images).numpy()
+    check = dict(images=len(images), same_class=float(np.mean(again.argmax(1) == probabilities.argmax(1))),
+                 largest_difference=float(np.abs(again - probabilities).max()), tolerance=tolerance)
     check["passed"] = check["same_class"] == 1 and check["largest_difference"] <= tolerance
     print(f"Reloaded model/: same class for {check['same_class']:.0%} of {len(images)} test images, "
           f"probabilities within {check['largest_difference']:.1e}.")
@@ -315,30 +259,24 @@ def export_model(model, classes, work_dir, images, probabilities, tolerance):
               "(see export_check in metrics.json); the run is kept", file=sys.stderr)
     return check
 
-
 # The lesson in order: the table of contents -----------------------------------
-
 def run_lesson(args, work_dir, results):
     """Every step of the lesson, in order; the files go into work_dir, the numbers into results."""
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU itself
-    print(f"Running on {device}." + ("" if device == "GPU" else " (No GPU found; TF_CPP_MIN_LOG_LEVEL=0 shows why.)"))
-
+    print(f"Running on {device}." + (" (No GPU found: TF_CPP_MIN_LOG_LEVEL=0 shows why.)" if device == "CPU" else ""))
     step("1. Data")  # CIFAR-10's cats and dogs, or your own photos (--data-dir)
     splits, classes = load_data(args, results)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits.values()
     images = {name: make_dataset(x, y, args.image_size, INFERENCE_BATCH_SIZE) for name, (x, y) in splits.items()}
-
     step("2. Model")  # only the head's Dense layer has trainable weights
     model, base, extractor, head = build_checked_model(args, len(classes))
     model.summary()
-
-    step("3. Bottleneck features")  # with --augment, training images change every epoch
+    step("3. Bottleneck features")  # not of the training images with --augment: they change every epoch
     wanted = ["validation", "test"] if args.augment else ["train", "validation", "test"]
     runtime = choose_feature_runtime(args.features_with, sum(len(splits[s][1]) for s in wanted), device)
     print(f"Computing MobileNetV2 features, once per image, with {runtime}:")
     features_of = feature_function(extractor, runtime)
     features = {name: features_of(images[name]) for name in wanted}
-
     step("4. Training the head")
     if args.augment:  # an extra lesson: the whole model trains on changing images
         trainee, val_data = model, images["validation"]
@@ -354,20 +292,11 @@ def run_lesson(args, work_dir, results):
           f"(chance is about {1 / len(classes):.3f})")
     history = train(trainee, train_data, val_data, args.epochs)
     results["val_accuracy"] = {"after_head": best_epoch_val_accuracy(history)}
-
-    step("5. Evaluation")  # the head on the test images' features
+    step("5. Evaluation")  # the head, on the features of test images it has never seen
     result = evaluate(head, features["test"], y_test, len(classes))
-    fine_tune_start = None
-    if args.fine_tune_epochs:  # an extra lesson: the base changes, so its features change too
-        results["head_test_accuracy"] = result["accuracy"]
-        print(f"Test accuracy with the frozen base: {result['accuracy']:.4f}")
-        step("Fine-tuning")
-        more = fine_tune(model, base, make_dataset(x_train, y_train, args.image_size, args.batch_size,
-                                                   True, args.augment, args.seed),
-                         images["validation"], args, results["val_accuracy"]["after_head"])
-        fine_tune_start, history = len(history["loss"]), {k: history[k] + more[k] for k in history}
-        results["val_accuracy"]["after_fine_tuning"] = max(results["val_accuracy"]["after_head"],
-                                                           best_epoch_val_accuracy(more))
+    results["head_test_accuracy"], fine_tune_start = result["accuracy"], None
+    if args.fine_tune_epochs:  # an extra lesson: unfreezing changes the base, and so its features
+        history, fine_tune_start = fine_tune(model, base, splits["train"], images["validation"], args, results, history)
         result = evaluate(model, images["test"], y_test, len(classes))
     print(f"Test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on {len(y_test)} images")
     print("Confusion matrix (rows: true class, columns: predicted):\n", result["confusion"])
@@ -377,7 +306,6 @@ def run_lesson(args, work_dir, results):
     sample_labels, sample_probabilities = y_test[:len(sample)], result["probabilities"][:len(sample)]
     picks = pick_examples(sample_labels, sample_probabilities.argmax(1), 8)
     heatmaps = occlusion_map(model, sample[picks], args.image_size // OCCLUSION_GRID)
-
     step("6. Plots")
     plot_history(history, fine_tune_start, os.path.join(work_dir, "history.png"))
     plot_predictions(sample[:16], sample_labels[:16], sample_probabilities[:16], classes,
@@ -386,53 +314,45 @@ def run_lesson(args, work_dir, results):
     plot_predictions(sample[picks], sample_labels[picks], sample_probabilities[picks], classes,
                      os.path.join(work_dir, "where_it_looks.png"), heatmaps,
                      "Where it looks: red where a grey patch lowers the prediction most")
-
-    step("7. Export")  # LiteRT features and a GPU's TensorFloat-32 move probabilities slightly
+    step("7. Export")  # LiteRT's features and a GPU's TensorFloat-32 move probabilities slightly
     check = (sample, sample_probabilities)
     results["export_check"] = export_model(model, classes, work_dir, *check, 1e-2 if device == "GPU" else 1e-3)
     if args.tflite:
         results["tflite_agreement"] = export_tflite(model, work_dir, *check)
 
-
 # Extra lessons ----------------------------------------------------------------
-
 def random_augmenter():
-    """Random flips, small rotations and zooms: new variants of each training image every epoch.
-
-    Augmented images change every epoch, so their features cannot be computed
-    once: with --augment the whole model runs on images every epoch (slow).
-    """
+    """Random flips, small rotations and zooms: new variants of the training images every epoch."""
     return tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
                                 tf.keras.layers.RandomRotation(0.05), tf.keras.layers.RandomZoom(0.1)])
 
-
-def fine_tune(model, base, train_images, val_images, args, val_accuracy_before):
+def fine_tune(model, base, train_split, val_images, args, results, history):
     """Unfreeze the base and nudge all of its weights towards our classes.
 
-    The learning rate is far smaller than the head's, so that noisy gradients
-    from a few thousand images cannot overwrite ImageNet's features. It warms
-    up (Adam's first steps move every weight by the full rate, which knocked
-    the model below the frozen one) and decays to zero. BatchNorm keeps its
-    ImageNet statistics (see build_model). If no epoch beats the frozen model
-    on validation, the frozen one is kept.
+    The learning rate is far smaller than the head's, so that noisy gradients from a few
+    thousand images cannot overwrite ImageNet's features. It warms up (Adam's first steps
+    move every weight by the full rate, which knocked the model below the frozen one) and
+    decays to zero. BatchNorm keeps its ImageNet statistics (see build_model). If no epoch
+    beats the frozen model on validation, the frozen one is kept.
     """
-    before = model.get_weights()
+    step("Fine-tuning")
+    before, val_accuracy_before = model.get_weights(), results["val_accuracy"]["after_head"]
+    train_images = make_dataset(*train_split, args.image_size, args.batch_size, True, args.augment, args.seed)
     base.trainable = True
     steps = args.fine_tune_epochs * len(train_images)  # len() of a batched dataset counts batches
-    warmup = steps // 10
     schedule = tf.keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, warmup_target=args.fine_tune_learning_rate, warmup_steps=warmup,
-        decay_steps=steps - warmup)
+        initial_learning_rate=0.0, warmup_target=args.fine_tune_learning_rate, warmup_steps=steps // 10,
+        decay_steps=steps - steps // 10)
     compile_for_training(model, schedule)  # compile() fixes what is trainable
-    history = train(model, train_images, val_images, args.fine_tune_epochs)
-    if best_epoch_val_accuracy(history) < val_accuracy_before:
+    more = train(model, train_images, val_images, args.fine_tune_epochs)
+    results["val_accuracy"]["after_fine_tuning"] = max(val_accuracy_before, best_epoch_val_accuracy(more))
+    if best_epoch_val_accuracy(more) < val_accuracy_before:
         print("Fine-tuning did not beat the frozen model on validation; keeping the frozen one.")
         model.set_weights(before)
-    return history
-
+    return {k: history[k] + more[k] for k in history}, len(history["loss"])
 
 def export_tflite(model, work_dir, images, probabilities):
-    """MobileNet was made for phones: TFLite is how it gets onto one. LiteRT checks it."""
+    """MobileNet was made for phones: TFLite is how it gets onto one, and LiteRT runs it."""
     tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     with open(os.path.join(work_dir, "model.tflite"), "wb") as f:
         f.write(tflite)
@@ -441,7 +361,6 @@ def export_tflite(model, work_dir, images, probabilities):
     print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, same class as the trained model "
           f"on {agree:.0%} of {len(images)} test images.")
     return agree
-
 
 def predict_images(paths, model_dir):
     """Classify new photos with an exported run: one line per image, top 3 of many classes."""
@@ -455,244 +374,189 @@ def predict_images(paths, model_dir):
         print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in top))
     return 2 if unreadable else 0
 
-
 # Your own photos: class folders, splits, unreadable files --------------------
 # Why not tf.keras.utils.image_dataset_from_directory? It stops at the first
 # broken file and splits only two ways, without keeping each class's share.
-
 SPLIT_FOLDERS = {"train": ["train"], "validation": ["validation", "val", "valid"], "test": ["test"]}
 
+def visible(folder, wanted=os.path.isdir):
+    """The names in folder that are not hidden and pass wanted (by default: sub-folders)."""
+    return sorted(f for f in os.listdir(folder) if not f.startswith(".") and wanted(os.path.join(folder, f)))
 
 def find_split_folders(data_dir):
     """{split: folder} when DIR/train/ holds class folders; {} when DIR holds the class folders."""
     train = os.path.join(data_dir, "train")
-    if not (os.path.isdir(train) and any(os.path.isdir(os.path.join(train, d)) and not d.startswith(".")
-                                         for d in os.listdir(train))):
-        return {}  # a class folder that happens to be called train/ holds images, not folders
-    found = {split: [os.path.join(data_dir, n) for n in names if os.path.isdir(os.path.join(data_dir, n))]
-             for split, names in SPLIT_FOLDERS.items()}
-    return {split: folders[0] for split, folders in found.items() if folders}
-
+    if not (os.path.isdir(train) and visible(train)):  # else train/ is a class folder of images
+        return {}
+    found = {split: [n for n in names if os.path.isdir(os.path.join(data_dir, n))] for split, names in SPLIT_FOLDERS.items()}
+    return {split: os.path.join(data_dir, names[0]) for split, names in found.items() if names}
 
 def list_files(folder, classes):
     """Every file in folder/<class>/ for each class; hidden files are ignored."""
     paths, labels = [], []
     for label, name in enumerate(classes):
         class_dir = os.path.join(folder, name)
-        files = sorted(f for f in os.listdir(class_dir) if not f.startswith(".")
-                       and os.path.isfile(os.path.join(class_dir, f))) if os.path.isdir(class_dir) else []
+        files = visible(class_dir, os.path.isfile) if os.path.isdir(class_dir) else []
         if not files:
             fail(f"class folder {class_dir} has no images; add some or remove the class")
         paths += [os.path.join(class_dir, f) for f in files]
         labels += [label] * len(files)
     return np.array(paths), np.array(labels, dtype=np.int64)
 
-
 def find_unreadable_images(paths):
     """Decode every file once, in parallel; files that fail (or whose names are not UTF-8) are returned."""
     utf8 = np.array([p for p in paths if p.encode("utf-8", "replace").decode() == p], dtype=str)
-    readable = (tf.data.Dataset.from_tensor_slices(utf8)
-                .map(lambda p: (p, tf.shape(read_image(p))), num_parallel_calls=AUTOTUNE)
-                .ignore_errors().batch(1024))
+    readable = (tf.data.Dataset.from_tensor_slices(utf8).map(lambda p: (p, tf.shape(read_image(p))),
+                num_parallel_calls=AUTOTUNE).ignore_errors().batch(1024))
     ok = {p.decode() for batch, _ in readable.as_numpy_iterator() for p in batch}
     return [p for p in paths if p not in ok]
 
-
 def load_image_folders(data_dir, results):
-    """Readable images of DIR/<class>/, or of DIR/train/<class>/ and whichever other split folders there are."""
+    """Readable images of DIR/<class>/, or of DIR/train/<class>/ and the other split folders there are."""
     if not os.path.isdir(data_dir):
         fail(f"--data-dir {data_dir} is not a folder; give a folder with one sub-folder per class")
     folders = find_split_folders(data_dir) or {"train": data_dir}
-    classes = sorted(d for d in os.listdir(folders["train"])
-                     if os.path.isdir(os.path.join(folders["train"], d)) and not d.startswith("."))
+    classes = visible(folders["train"])
     if len(classes) < 2:
         fail(f"--data-dir {folders['train']} has {len(classes)} class folder(s); "
              "a classifier needs at least 2, e.g. DIR/cat/*.jpg and DIR/dog/*.jpg")
     splits, skipped = {}, []
     for split, folder in folders.items():
         x, y = list_files(folder, classes)
-        bad = find_unreadable_images(x)
-        skipped += [os.fsencode(p).decode("utf-8", "backslashreplace") for p in bad]
-        splits[split] = x[~np.isin(x, bad)], y[~np.isin(x, bad)]
+        bad = np.isin(x, find_unreadable_images(x))
+        splits[split] = x[~bad], y[~bad]
+        skipped += [os.fsencode(p).decode(errors="backslashreplace") for p in x[bad]]
     for label in set(range(len(classes))) - set(splits["train"][1]):
         fail(f"class folder {os.path.join(folders['train'], classes[label])} has no readable images; "
              "add good images or remove the folder")
     if skipped:
         print(f"warning: skipped {len(skipped)} file(s) that are not images TensorFlow can read: "
-              f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''} (all in metrics.json)",
-              file=sys.stderr)
+              f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''} (all in metrics.json)", file=sys.stderr)
     results["skipped_files"] = skipped
     return splits, classes
-
 
 def shuffled(x, y, seed):
     order = np.random.default_rng(seed).permutation(len(x))
     return x[order], y[order]
 
-
 def split_off(x, y, fraction, seed):
     """Cut the same fraction off every class (stratified), the same way for the same --seed."""
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(y), bool)
+    rng, held = np.random.default_rng(seed), np.zeros(len(y), bool)
     for label in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == label))
-        held[members[:max(1, round(len(members) * fraction))]] = True
+        held[rng.permutation(np.flatnonzero(y == label))[:max(1, round(np.sum(y == label) * fraction))]] = True
     return shuffled(x[~held], y[~held], seed), shuffled(x[held], y[held], seed)
-
-
-def check_class_sizes(y, classes, needed, where):
-    for label, name in enumerate(classes):
-        if np.sum(y == label) < needed:
-            fail(f"class {name} has {np.sum(y == label)} image(s) in {where}; it needs at least {needed} "
-                 "to keep one for training and one for each split carved out of it: add images")
-
 
 def load_data(args, results):
     """Train, validation and test splits of CIFAR-10 or --data-dir, checked before the lesson uses them."""
-    if args.data_dir is None:
-        splits, classes = download_cifar10()
-    else:
-        splits, classes = load_image_folders(args.data_dir, results)
+    splits, classes = download_cifar10() if args.data_dir is None else load_image_folders(args.data_dir, results)
     splits = {name: shuffled(x, y, args.seed) for name, (x, y) in splits.items()}  # for --max-images
     missing = [split for split in ("test", "validation") if split not in splits]
-    check_class_sizes(splits["train"][1], classes, 1 + len(missing), args.data_dir or "CIFAR-10")
+    for label, name in enumerate(classes):
+        if np.sum(splits["train"][1] == label) <= len(missing):
+            fail(f"class {name} has {np.sum(splits['train'][1] == label)} image(s) in {args.data_dir}; it needs "
+                 f"at least {len(missing) + 1}, one for training and one for each split carved out of it")
     for split in missing:
         splits["train"], splits[split] = split_off(*splits["train"], args.validation_split, args.seed)
     splits = {name: (splits[name][0][:args.max_images], splits[name][1][:args.max_images])
               for name in ("train", "validation", "test")}
-    for label in set(range(len(classes))) - set(splits["train"][1]):
-        fail(f"--max-images {args.max_images} leaves no training images of class {classes[label]}; "
-             "use a larger --max-images")
     for name, (x, y) in splits.items():
-        counts = ", ".join(f"{np.sum(y == i)} {c}" for i, c in enumerate(classes))
-        print(f"{name:>10}: {len(x):5d} images ({counts})")
+        print(f"{name:>10}: {len(x):5d} images ({', '.join(f'{np.sum(y == i)} {c}' for i, c in enumerate(classes))})")
     results.update(classes=classes, num_train=len(splits["train"][1]), num_val=len(splits["validation"][1]),
                    num_test=len(splits["test"][1]), data=args.data_dir or "CIFAR-10")
     return splits, classes
 
-
 # The command line, checks, the output folder and errors ------------------------
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train an image classifier on a frozen TF Hub MobileNetV2.")
-    p.add_argument("--data-dir", help="your images: DIR/<class>/*.jpg, or DIR/train/<class>/ with "
-                   "DIR/validation/ (or val/, valid/) and DIR/test/; missing splits are carved out of "
-                   "train (default: CIFAR-10 cats and dogs, downloaded)")
-    p.add_argument("--model-handle", default=DEFAULT_HANDLE, help="TF Hub URL or local SavedModel "
-                   "folder of an image feature vector (default: MobileNetV2 on TF Hub)")
+    p.add_argument("--data-dir", help="your images: DIR/<class>/*.jpg, or DIR/train/<class>/ with DIR/validation/ "
+                   "(or val/, valid/) and DIR/test/; missing splits are carved out of train (default: CIFAR-10)")
+    p.add_argument("--model-handle", default=DEFAULT_HANDLE, help="TF Hub URL or local SavedModel folder of an "
+                   "image feature vector (default: MobileNetV2 on TF Hub)")
     p.add_argument("--image-size", type=int, default=224, help="pixels per side the module expects (default: 224)")
     p.add_argument("--epochs", type=int, default=10, help="epochs to train the head (default: 10)")
     p.add_argument("--batch-size", type=int, default=64, help="images per training batch (default: 64)")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="for the head (default: 0.001)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout rate before the head (default: 0.2)")
-    p.add_argument("--validation-split", type=float, default=0.1, help="fraction of each class's training "
-                   "images held out for validation, and for testing when DIR has no test/ (default: 0.1)")
-    p.add_argument("--max-images", type=int, help="use at most this many images per split, "
-                   "for a quick first run on a CPU (default: all)")
-    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto",
-                   help="what runs MobileNetV2 for the features: litert (2-3x faster on a CPU, after a "
-                   f"10-20 s conversion), keras, or auto: LiteRT on a CPU from {LITERT_MIN_IMAGES} images "
-                   "on, else Keras (default: auto)")
+    p.add_argument("--validation-split", type=float, default=0.1, help="fraction of each class held out for "
+                   "validation, and for testing when DIR has no test/ (default: 0.1)")
+    p.add_argument("--max-images", type=int, help="at most this many images per split, for a quick first run")
+    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto", help="what runs "
+                   "MobileNetV2 for the features: litert (2-3x faster on a CPU, after a 10-20 s conversion), keras, "
+                   f"or auto: LiteRT on a CPU for {LITERT_MIN_IMAGES} images or more, else Keras (default: auto)")
     p.add_argument("--output-dir", help="folder for this run (default: a new runs/<date-time>)")
     p.add_argument("--no-show", action="store_true", help="save the plots without showing them")
     p.add_argument("--seed", type=int, default=42, help="random seed for splits and training (default: 42)")
-    p.add_argument("--augment", action="store_true", help="random flips, rotations and zooms of "
-                   "training images; augmented images change every epoch, so features cannot be "
-                   "computed once and every epoch runs MobileNetV2 again (much slower)")
+    p.add_argument("--augment", action="store_true", help="random flips, rotations and zooms of training images; "
+                   "augmented images change every epoch, so features cannot be computed once (much slower)")
     p.add_argument("--fine-tune-epochs", type=int, default=0, help="then unfreeze the base for N epochs (default: 0)")
     p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4,
                    help="peak learning rate while fine-tuning, a tenth of the head's (default: 0.0001)")
     p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")
-    p.add_argument("--predict", nargs="+", metavar="IMAGE",
-                   help="classify these images with the run in --model-dir instead of training")
+    p.add_argument("--predict", nargs="+", metavar="IMAGE", help="classify these images with --model-dir's run")
     p.add_argument("--model-dir", help="a run folder written by an earlier training run, for --predict")
     p.error = fail  # a mistyped flag gets the same one-line error as any other bad input
     return p.parse_args(argv)
-
 
 def fail(message):
     """Bad input ends here: one line saying what is wrong and how to fix it."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
-
 def check_args(args):
-    checks = [
-        (args.epochs >= 1, "--epochs must be at least 1"),
-        (args.batch_size >= 1, "--batch-size must be at least 1"),
-        (0 < args.validation_split < 1, "--validation-split must be between 0 and 1, e.g. 0.1"),
-        (0 <= args.dropout < 1, "--dropout must be in [0, 1), e.g. 0.2"),
-        (args.image_size >= 32, "--image-size is too small for MobileNetV2; use 32 or more (224 for the default module)"),
-        (args.learning_rate > 0 and args.fine_tune_learning_rate > 0, "learning rates must be positive"),
-        (args.fine_tune_epochs >= 0, "--fine-tune-epochs cannot be negative"),
-        (args.max_images is None or args.max_images >= 1, "--max-images must be at least 1"),
-        (not args.predict or args.model_dir, "--predict needs --model-dir RUN_DIR, a folder written by an earlier run"),
-    ]
-    for ok, message in checks:
+    for ok, message in [(args.epochs >= 1, "--epochs must be at least 1"),
+            (args.batch_size >= 1, "--batch-size must be at least 1"),
+            (0 < args.validation_split < 1, "--validation-split must be between 0 and 1, e.g. 0.1"),
+            (0 <= args.dropout < 1, "--dropout must be in [0, 1), e.g. 0.2"),
+            (args.image_size >= 32, "--image-size must be 32 or more (224 for the default module)"),
+            (args.learning_rate > 0 and args.fine_tune_learning_rate > 0, "learning rates must be positive"),
+            (args.fine_tune_epochs >= 0, "--fine-tune-epochs cannot be negative"),
+            (args.max_images is None or args.max_images >= 1, "--max-images must be at least 1"),
+            (not args.predict or args.model_dir, "--predict needs --model-dir RUN_DIR, a folder of an earlier run")]:
         if not ok:
             fail(message)
-
-
-def check_keras_2():
-    if not issubclass(hub.KerasLayer, tf.keras.layers.Layer):
-        fail("TensorFlow was imported with Keras 3 before this script could ask for Keras 2, which TF Hub needs; run it in a fresh Python (restart the notebook's kernel), or set "
-             "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported")
-
 
 def download_cifar10():
     try:
         return load_cifar10_cats_and_dogs()
     except Exception as e:
-        fail(f"could not download CIFAR-10 ({type(e).__name__}); when offline, "
-             "train on your own images with --data-dir DIR instead")
-
+        fail(f"could not download CIFAR-10 ({type(e).__name__}); offline, use your own images: --data-dir DIR")
 
 def build_checked_model(args, num_classes):
     """build_model, or one line saying why the module cannot be used."""
+    handle, size = args.model_handle, args.image_size
     try:
-        models = build_model(args.model_handle, args.image_size, num_classes, args.dropout)
+        models = build_model(handle, size, num_classes, args.dropout)
     except Exception:
-        fail(module_problem(args.model_handle, args.image_size))
+        try:
+            hub.load(handle)
+        except Exception as e:
+            where = ("a local path as --model-handle, or the module placed in $TFHUB_CACHE_DIR" if "://" in handle
+                     else "a folder holding a TF2 SavedModel (saved_model.pb)")
+            fail(f"cannot load --model-handle {handle} ({type(e).__name__}); to run offline use {where}, "
+                 "and --data-dir instead of the CIFAR-10 download")
+        fail(f"the module {handle} does not accept {size}x{size} images; set --image-size to its own")
     if len(models[2].output_shape) != 2:
-        fail(f"the module {args.model_handle} returns shape {models[2].output_shape}, not a feature vector; "
+        fail(f"the module {handle} returns shape {models[2].output_shape}, not a feature vector; "
              "use an image feature-vector module, not a classifier or a raw SavedModel")
     return models
 
-
-def module_problem(handle, image_size):
-    try:
-        hub.load(handle)
-    except Exception as e:
-        where = ("a local path as --model-handle, or the module placed in $TFHUB_CACHE_DIR"
-                 if "://" in handle else "a folder holding a TF2 SavedModel (saved_model.pb)")
-        return (f"cannot load --model-handle {handle} ({type(e).__name__}); "
-                f"to run offline use {where}, and --data-dir instead of the CIFAR-10 download")
-    return (f"the module {handle} does not accept {image_size}x{image_size} images; "
-            "set --image-size to the size it was built for (224 for MobileNetV2)")
-
-
 def load_exported_run(model_dir):
-    """The exported model, its image size and class names, of a run written by model.export."""
-    if not os.path.isfile(os.path.join(model_dir, "labels.txt")):
-        fail(f"--model-dir {model_dir} is not an exported run (no labels.txt); "
-             "give a folder written by an earlier training run")
-    with open(os.path.join(model_dir, "labels.txt")) as f:
-        classes = f.read().splitlines()
+    """The exported model, its image size and class names, from a run folder."""
     try:
-        model = tf.saved_model.load(os.path.join(model_dir, "model"))
+        with open(os.path.join(model_dir, "labels.txt")) as f:
+            model, classes = tf.saved_model.load(os.path.join(model_dir, "model")), f.read().splitlines()
         return model, model.signatures["serving_default"].inputs[0].shape[1], classes
     except Exception as e:
-        fail(f"cannot load the model in {model_dir}/model ({type(e).__name__}); "
-             "train again to export a complete run")
-
+        fail(f"--model-dir {model_dir} holds no complete exported run ({type(e).__name__}); give the folder "
+             "of an earlier training run, or train again to export one")
 
 def prepare_output_dir(output_dir):
     """Never touch an earlier run: this one is written into OUTPUT.partial."""
     if output_dir is None:  # a new folder per run, even for two runs in the same second
-        stamp = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-        output_dir, n = stamp, 1
-        while os.path.exists(output_dir) or os.path.exists(output_dir + ".partial"):
-            n += 1
+        output_dir = stamp = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        for n in range(2, 10000):
+            if not (os.path.exists(output_dir) or os.path.exists(output_dir + ".partial")):
+                break
             output_dir = f"{stamp}-{n}"
     if os.path.isfile(output_dir):
         fail(f"--output-dir {output_dir} is a file; give a folder name")
@@ -708,15 +572,11 @@ def prepare_output_dir(output_dir):
         fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose a folder you can write to")
     return output_dir, work_dir
 
-
 STEPS = []  # (name, start time) of each step of the lesson, for metrics.json
 
-
-def step(name):
-    """Announce the next step of the lesson, and note when it starts."""
+def step(name):  # announce the next step of the lesson, and note when it starts
     print(f"\n== {name} ==")
     STEPS.append((name, time.perf_counter()))
-
 
 def save_metrics(work_dir, args, results):
     """metrics.json: the results, every setting and version that shaped them, seconds per step."""
@@ -727,13 +587,14 @@ def save_metrics(work_dir, args, results):
     with open(os.path.join(work_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
 
-
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     if args.predict:
         return predict_images(args.predict, args.model_dir)
-    check_keras_2()
+    if not issubclass(hub.KerasLayer, tf.keras.layers.Layer):  # a notebook imported TensorFlow first
+        fail("TensorFlow was imported with Keras 3 before this script could ask for Keras 2, which TF Hub needs; "
+             "run it in a fresh Python (restart the notebook's kernel), or set TF_USE_LEGACY_KERAS=1 first")
     if args.no_show:
         plt.switch_backend("Agg")
     tf.keras.utils.set_random_seed(args.seed)
@@ -742,7 +603,7 @@ def main(argv=None):
     try:
         try:
             run_lesson(args, work_dir, results)
-        except Exception as e:  # after the test results, a failing plot or export keeps the run
+        except Exception as e:  # once there are test results, a failing plot or export keeps the run
             if "test_accuracy" not in results:
                 raise
             results["last_step_error"], status = f"{type(e).__name__}: {e}", 1
@@ -752,14 +613,14 @@ def main(argv=None):
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     print(f"Saved the run to {output_dir}/")
-    if not args.no_show and plt.get_backend().lower() != "agg":
-        try:
+    try:
+        if not args.no_show and plt.get_backend().lower() != "agg":
             plt.show()
-        except KeyboardInterrupt:
-            print(f"\nInterrupted; the run is saved in {output_dir}/", file=sys.stderr)
-            return 130
+    except KeyboardInterrupt:
+        print(f"\nInterrupted; the run is saved in {output_dir}/", file=sys.stderr)
+        return 130
+    plt.close("all")
     return status
-
 
 if __name__ == "__main__":
     try:
