@@ -1,25 +1,31 @@
-"""Benchmark: how close does transfer_learning.py come to the cost of its MobileNetV2 pass?
+"""Benchmark: what does transfer_learning.py cost, and what does each way of computing features give?
 
 Contestants, each a fresh process on the same images and the same module, run
-round-robin (floor, script, naive, floor, script, naive, ...) --repeats times:
+round-robin (--contestants, in that order) --repeats times:
 
-  floor   start TensorFlow, load the module with hub.KerasLayer, push every image
-          through it once with tf.data (decode, resize, features), nothing else;
-  script  python transfer_learning.py, start to finish, as a user runs it;
-  naive   the script's own model trained as most tutorials do: model.fit on image
-          datasets for --epochs epochs with validation, recomputing the frozen
-          features every epoch, then one evaluation on the test images.
+  script           python transfer_learning.py, start to finish, as a user runs it
+                   (on a CPU with all 12000 images, --features-with auto picks LiteRT);
+  script_keras     the same with --features-with keras;
+  script_litert    the same with --features-with litert;
+  features_keras   the script's extractor over every image with Keras predict (tf.data
+                   decoding and resizing as it goes), nothing else;
+  features_litert  the same converted for LiteRT (the conversion is timed apart);
+  keras_predict    plain Keras MobileNetV2.predict on the same images, preloaded and
+                   resized in memory: Keras' own model speed;
+  floor            start TensorFlow, load the module with hub.KerasLayer, push every
+                   image through it once with tf.data, nothing else;
+  naive            the script's own model trained as most tutorials do: model.fit on
+                   image datasets for --epochs epochs, recomputing the frozen features
+                   every epoch, then one evaluation on the test images (slow: ~25 min).
 
-Each round also times plain Keras MobileNetV2.predict on the same images, preloaded
-and resized in memory, to judge the feature pass against Keras' own model speed.
 Wall time is the whole process; peak memory is its ru_maxrss from os.wait4.
 
 The module is a MobileNetV2 1.0 with random weights (same compute as the real one,
 [0, 1] images in, 1280 features out) unless --module gives a SavedModel, e.g. the
 genuine one from ../shared/tools/imagenet_mobilenet_v2.py.
 
-    .venv/bin/python tests/benchmark.py --output /tmp/benchmark.json   # all 12000 images: slow
-    .venv/bin/python tests/benchmark.py --limit 32 --epochs 1 --repeats 1 --image-size 96
+    python tests/benchmark.py --data-dir DIR --output /tmp/benchmark.json   # DIR/{train,test}/<class>/
+    python tests/benchmark.py --data-dir DIR --limit 32 --epochs 1 --repeats 1 --image-size 96
 
 The table is printed and written as JSON to --output (default: benchmark.json in the
 current folder; keep it out of the repo).
@@ -40,8 +46,8 @@ SCRIPT = os.path.join(REPO, "transfer_learning.py")
 ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg",
            TF_CPU_ALLOCATOR_USE_BFC="true")
 INFERENCE_BATCH = 32  # the script's batch for running the network, and Keras predict's default
-TARGETS = {"script/floor": ("<=", 1.15), "naive/script": (">=", 5.0), "script peak GB": ("<=", 2.5),
-           "feature pass / Keras predict": (">=", 1.0)}
+TARGETS = {"script / script_keras": ("<=", 0.6), "LiteRT features / Keras predict": (">=", 2.0),
+           "|accuracy litert - keras|": ("<=", 0.005), "naive/script": (">=", 5.0), "script peak GB": ("<=", 2.5)}
 COMPARE = {"<=": operator.le, ">=": operator.ge}
 
 # Each child program ends by printing one line: "REPORT {json}".
@@ -60,7 +66,7 @@ if action == "build":  # [0, 1] images in, as TF Hub modules take them; MobileNe
                                              input_shape=(size, size, 3))
     features = base(tf.keras.layers.Rescaling(2.0, offset=-1.0)(images))
     tf.saved_model.save(tf.keras.Model(images, features), module)
-splits, _, _ = tl.load_data(tl.parse_args(script_args))
+splits, _ = tl.load_data(tl.parse_args(script_args), {})
 paths = [p for name in ("train", "validation", "test") for p in splits[name][0]]
 open(paths_file, "w").write("\\n".join(paths))
 report(tf_version=tf.__version__, gpus=[g.name for g in tf.config.list_physical_devices("GPU")])
@@ -82,13 +88,25 @@ report(images=count, images_per_s=count / (time.perf_counter() - start))
 NAIVE = PREAMBLE + """import transfer_learning as tl
 args = tl.parse_args(sys.argv[1:])
 tf.keras.utils.set_random_seed(args.seed)
-splits, classes, _ = tl.load_data(args)
+splits, classes = tl.load_data(args, {})
 data = {name: tl.make_dataset(x, y, args.image_size, args.batch_size, shuffle=name == "train", seed=args.seed)
         for name, (x, y) in splits.items()}
 model = tl.build_model(args.model_handle, args.image_size, len(classes), args.dropout)[0]
 tl.compile_for_training(model, args.learning_rate)
 model.fit(data["train"], validation_data=data["validation"], epochs=args.epochs, verbose=2)
 report(test_accuracy=model.evaluate(data["test"], verbose=2)[1])
+"""
+
+FEATURES = PREAMBLE + """import transfer_learning as tl
+runtime, paths_file, module, size, batch = sys.argv[1:4] + [int(sys.argv[4]), int(sys.argv[5])]
+paths = np.array(open(paths_file).read().split("\\n"))
+images = tl.make_dataset(paths, np.zeros(len(paths), np.int64), size, batch)
+extractor = tl.build_model(module, size, 2, 0.0)[2]
+start = time.perf_counter()
+features_of = tl.feature_function(extractor, runtime)
+converted = time.perf_counter()
+count = len(features_of(images))
+report(images=count, conversion_s=converted - start, images_per_s=count / (time.perf_counter() - converted))
 """
 
 KERAS_PREDICT = PREAMBLE + """paths_file, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -108,7 +126,10 @@ report(images=len(images), images_per_s=len(images) / (time.perf_counter() - sta
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default=os.path.join(REPO, "..", "shared", "data", "cifar10-catdog"))
+    p.add_argument("--data-dir", default=os.path.join(REPO, "..", "shared", "data", "cifar10-catdog"),
+                   help="class folders of images, as the script's --data-dir takes them")
+    p.add_argument("--contestants", default="script,script_keras,features_keras,features_litert,keras_predict",
+                   help="comma-separated, of: " + ", ".join(CONTESTANTS))
     p.add_argument("--module", help="a feature-vector SavedModel (default: MobileNetV2 with random weights)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int, default=10, help="epochs of the script and of naive")
@@ -117,9 +138,16 @@ def parse_args():
     p.add_argument("--limit", type=int, help="cap on images per split (the script's --max-images)")
     p.add_argument("--output", default="benchmark.json", help="where the results are written as JSON")
     args = p.parse_args()
+    unknown = set(args.contestants.split(",")) - set(CONTESTANTS)
+    if unknown:
+        p.error(f"unknown contestants {sorted(unknown)}; choose from {', '.join(CONTESTANTS)}")
     if args.module and not os.path.isfile(os.path.join(args.module, "saved_model.pb")):
         p.error(f"--module {args.module} is not a SavedModel folder (no saved_model.pb)")
     return args
+
+
+CONTESTANTS = ["script", "script_keras", "script_litert", "features_keras", "features_litert", "keras_predict",
+               "floor", "naive"]
 
 
 def run_child(argv, log_path):
@@ -156,66 +184,71 @@ def benchmark(args, tmp):
     prepared = run_child([py, "-c", PREPARE, action, module, paths, str(args.image_size), *common],
                          os.path.join(tmp, "prepare.log"))
     size_batch = [str(args.image_size), str(INFERENCE_BATCH)]
-    runs = {"floor": [], "script": [], "naive": [], "keras_predict": []}
+    names = args.contestants.split(",")
+    runs = {name: [] for name in names}
     for r in range(args.repeats):
         commands = {"floor": [py, "-c", FLOOR, paths, module, *size_batch],
-                    "script": [py, SCRIPT, *common, "--no-show",
-                               "--output-dir", os.path.join(tmp, f"run{r}")],
                     "naive": [py, "-c", NAIVE, *common],
                     "keras_predict": [py, "-c", KERAS_PREDICT, paths, *size_batch]}
-        for name, argv in commands.items():
-            runs[name].append(run_child(argv, os.path.join(tmp, f"{name}{r}.log")))
-            if name == "script":  # where its time went, by its own account
-                with open(os.path.join(tmp, f"run{r}", "metrics.json")) as f:
+        for runtime in ("keras", "litert"):
+            commands[f"features_{runtime}"] = [py, "-c", FEATURES, runtime, paths, module, *size_batch]
+        for name, forced in (("script", []), ("script_keras", ["--features-with", "keras"]),
+                             ("script_litert", ["--features-with", "litert"])):
+            commands[name] = [py, SCRIPT, *common, *forced, "--no-show", "--output-dir", os.path.join(tmp, f"{name}{r}")]
+        for name in names:
+            runs[name].append(run_child(commands[name], os.path.join(tmp, f"{name}{r}.log")))
+            if name.startswith("script"):  # where its time went, by its own account
+                with open(os.path.join(tmp, f"{name}{r}", "metrics.json")) as f:
                     metrics = json.load(f)
                 runs[name][-1].update(phases_s=metrics["seconds"], test_accuracy=metrics["test_accuracy"],
                                       accuracy_before_training=metrics["accuracy_before_training"],
-                                      images_per_s=(metrics["num_train"] + metrics["num_val"])
-                                      / metrics["seconds"]["features"])
-            print(f"round {r + 1}/{args.repeats} {name:>13}: {runs[name][-1]['seconds']:7.1f} s",
-                  flush=True)
+                                      features_with=metrics["features_with"],
+                                      images=metrics["num_train"] + metrics["num_val"] + metrics["num_test"])
+            print(f"round {r + 1}/{args.repeats} {name:>15}: {runs[name][-1]['seconds']:7.1f} s", flush=True)
     return describe_machine(prepared), runs
 
 
 def summarize(args, machine, runs):
-    best = {name: min(run["seconds"] for run in runs[name]) for name in ("floor", "script", "naive")}
-    table = {name: dict(best_s=best[name], runs_s=[run["seconds"] for run in runs[name]],
-                        peak_rss_mb=max(run["peak_mb"] for run in runs[name]),
-                        x_floor=best[name] / best["floor"])
-             for name in best}
-    floor_rate = max(run["images_per_s"] for run in runs["floor"])
-    feature_rate = max(run["images_per_s"] for run in runs["script"])  # its own feature pass
-    keras_rate = max(run["images_per_s"] for run in runs["keras_predict"])
-    measured = {"script/floor": best["script"] / best["floor"],
-                "naive/script": best["naive"] / best["script"],
-                "script peak GB": table["script"]["peak_rss_mb"] / 1024,
-                "feature pass / Keras predict": feature_rate / keras_rate}
+    best = {name: min(run["seconds"] for run in rounds) for name, rounds in runs.items()}
+    table = {name: dict(best_s=best[name], runs_s=[run["seconds"] for run in rounds],
+                        peak_rss_mb=max(run["peak_mb"] for run in rounds),
+                        images_per_s=max((run.get("images_per_s", 0) for run in rounds)),
+                        conversion_s=min((run.get("conversion_s", 0) for run in rounds)),
+                        test_accuracy=rounds[0].get("test_accuracy"), features_with=rounds[0].get("features_with"))
+             for name, rounds in runs.items()}
+    measured = {}
+    if {"script", "script_keras"} <= set(runs):
+        measured["script / script_keras"] = best["script"] / best["script_keras"]
+        measured["|accuracy litert - keras|"] = abs(table["script"]["test_accuracy"]
+                                                    - table["script_keras"]["test_accuracy"])
+    if {"features_litert", "keras_predict"} <= set(runs):
+        measured["LiteRT features / Keras predict"] = (table["features_litert"]["images_per_s"]
+                                                       / table["keras_predict"]["images_per_s"])
+    if {"naive", "script"} <= set(runs):
+        measured["naive/script"] = best["naive"] / best["script"]
+    if "script" in runs:
+        measured["script peak GB"] = table["script"]["peak_rss_mb"] / 1024
     checks = {key: dict(value=value, target=f"{TARGETS[key][0]} {TARGETS[key][1]}",
                         passed=COMPARE[TARGETS[key][0]](value, TARGETS[key][1]))
               for key, value in measured.items()}
-    return dict(machine=machine, settings=vars(args), images=runs["floor"][0]["images"], table=table,
-                script_phases_s=min(runs["script"], key=lambda run: run["seconds"])["phases_s"],
-                accuracy={name: {k: runs[name][0].get(k) for k in ("accuracy_before_training", "test_accuracy")}
-                          for name in ("script", "naive")},
-                feature_pass_images_per_s=feature_rate, floor_images_per_s=floor_rate,
-                keras_predict_images_per_s=keras_rate,
-                checks=checks)
+    phases = {name: min(rounds, key=lambda run: run["seconds"])["phases_s"]
+              for name, rounds in runs.items() if name.startswith("script")}
+    return dict(machine=machine, settings=vars(args), table=table, script_phases_s=phases, checks=checks)
 
 
 def print_results(results):
-    print(f"\nMachine: {json.dumps(results['machine'])}; {results['images']} images per pass")
-    print(f"{'':8}{'best s':>9}  {'all runs s':<22}{'peak RSS MB':>12}{'x floor':>9}")
+    print(f"\nMachine: {json.dumps(results['machine'])}")
+    print(f"{'':16}{'best s':>9}  {'all runs s':<24}{'peak MB':>9}{'images/s':>10}{'test acc':>10}")
     for name, row in results["table"].items():
         runs = ", ".join(f"{s:.1f}" for s in row["runs_s"])
-        print(f"{name:8}{row['best_s']:9.1f}  {runs:<22}{row['peak_rss_mb']:12.0f}{row['x_floor']:9.2f}")
-    print("script phases of its best run, s:",
-          ", ".join(f"{phase} {s}" for phase, s in results["script_phases_s"].items()))
-    print("test accuracy:", json.dumps(results["accuracy"]))
-    print(f"script's feature pass {results['feature_pass_images_per_s']:.1f} images/s, "
-          f"floor {results['floor_images_per_s']:.1f} images/s, "
-          f"Keras predict {results['keras_predict_images_per_s']:.1f} images/s")
+        rate = f"{row['images_per_s']:.1f}" if row["images_per_s"] else "-"
+        accuracy = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
+        print(f"{name:16}{row['best_s']:9.1f}  {runs:<24}{row['peak_rss_mb']:9.0f}{rate:>10}{accuracy:>10}"
+              + (f"  (conversion {row['conversion_s']:.1f} s)" if row["conversion_s"] else ""))
+    for name, phases in results["script_phases_s"].items():
+        print(f"{name} phases of its best run, s:", ", ".join(f"{phase} {s}" for phase, s in phases.items()))
     for key, check in results["checks"].items():
-        print(f"{key:>29}: {check['value']:7.2f}  (target {check['target']:>7})  "
+        print(f"{key:>33}: {check['value']:7.3f}  (target {check['target']:>7})  "
               f"{'PASS' if check['passed'] else 'FAIL'}")
 
 
