@@ -6,9 +6,9 @@ ImageNet photos. Its weights stay frozen; only a small Dropout + Dense "head"
 is trained, on features computed once per image. In the order the file reads:
   1. Data        CIFAR-10 cats and dogs, as floats in [0, 1] at the network's size.
   2. Model       a frozen TF Hub feature vector under a new Dropout + Dense head.
-  3. Features    why a frozen base runs once per image; the head trains on them.
-  4. Evaluation  accuracy on unseen images, and where the network looks.
-  5. Plots and 6. Export; then run_lesson() runs them all in order.
+  3. Features    why a frozen base runs once per image, and 4. the head trains on them.
+  5. Evaluation  accuracy on unseen images, and where the network looks.
+  6. Plots and 7. Export; then run_lesson() runs them all in order.
   Extra lessons, off by default: --augment, --fine-tune-epochs, --tflite, --predict.
   Then the plumbing: your own photos (--data-dir), flags, errors, main().
 Run it: python transfer_learning.py [--max-images 500 for a quick first run] [--help]
@@ -46,7 +46,7 @@ except ImportError:
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 CIFAR10_CAT, CIFAR10_DOG = 3, 5
 INFERENCE_BATCH_SIZE = 32  # for running the network: on a CPU, 15% faster than 64
-LITERT_MIN_IMAGES = 3000  # converting for LiteRT takes 10-20 s: it pays from about this many
+LITERT_MIN_IMAGES = 1000  # converting for LiteRT takes about 5 s: it pays from about this many
 OCCLUSION_GRID = 4  # where_it_looks.png hides each of 4x4 patches in turn
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -117,7 +117,7 @@ def compile_for_training(model, learning_rate):
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
-# 3. Bottleneck features and the head trained on them ---------------------------
+# 3. Bottleneck features -------------------------------------------------------
 # The central idea. The "bottleneck" is the base's last layer: the 1280 features it boils
 # each image down to. The base is frozen, so it gives the same features for an image in
 # every epoch. Running MobileNetV2 is nearly all the work, so we run it once per image,
@@ -141,10 +141,20 @@ def feature_function(extractor, runtime):
     """
     if runtime == "keras":
         return extractor.predict
-    converted = tf.lite.TFLiteConverter.from_keras_model(extractor).convert()
-    run = LiteRT(model_content=converted, num_threads=os.cpu_count()).get_signature_runner()
-    return lambda images: np.concatenate([run(images=x.numpy())["mobilenet_v2"] for x, _ in images])
+    # Converting the traced network takes seconds (from_keras_model would first save and reload it).
+    traced = tf.function(extractor).get_concrete_function(tf.TensorSpec(extractor.input_shape, tf.float32))
+    interpreter = LiteRT(model_content=tf.lite.TFLiteConverter.from_concrete_functions([traced]).convert(),
+                         num_threads=os.cpu_count())
+    (images_in,), (features_out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    def run(batch):
+        interpreter.resize_tensor_input(images_in["index"], batch.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(images_in["index"], batch)
+        interpreter.invoke()
+        return interpreter.get_tensor(features_out["index"])
+    return lambda images: np.concatenate([run(x.numpy()) for x, _ in images])
 
+# 4. Training the head on the features -----------------------------------------
 def train(model, train_data, val_data, epochs):
     """model.fit, keeping the weights of the epoch with the lowest validation loss.
 
@@ -160,7 +170,7 @@ def best_epoch_val_accuracy(history):
     """The validation accuracy of the epoch whose weights were kept."""
     return history["val_accuracy"][int(np.argmin(history["val_loss"]))]
 
-# 4. Evaluation ------------------------------------------------------------------
+# 5. Evaluation ----------------------------------------------------------------
 def evaluate(model, test_data, y_test, num_classes):
     """Accuracy, loss and confusion matrix on test data the model has never seen."""
     probabilities = model.predict(test_data, verbose=0)
@@ -195,7 +205,7 @@ def pick_examples(labels, predicted, count):
               for right in (False, True) for c in np.unique(labels)]
     return np.array([g[i] for i in range(len(labels)) for g in groups if i < len(g)][:count], int)
 
-# 5. Plots -----------------------------------------------------------------------
+# 6. Plots ---------------------------------------------------------------------
 def plot_history(history, fine_tune_start, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
@@ -237,7 +247,7 @@ def plot_confusion_matrix(confusion, classes, path):
     fig.tight_layout()
     fig.savefig(path)
 
-# 6. Export ----------------------------------------------------------------------
+# 7. Export --------------------------------------------------------------------
 def export_model(model, classes, work_dir, images, probabilities, tolerance):
     """Save the model and its labels for inference; reload it and check, end to end on images,
     that it predicts as before. model.export keeps only the forward pass, as serve(images):
@@ -264,45 +274,48 @@ def run_lesson(args, work_dir, results):
     """Every step of the lesson, in order; the files go into work_dir, the numbers into results."""
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU itself
     print(f"Running on {device}." + (" (No GPU found: TF_CPP_MIN_LOG_LEVEL=0 shows why.)" if device == "CPU" else ""))
-    step("1. Data")  # CIFAR-10's cats and dogs, or your own photos (--data-dir)
+    step("1. Data")  # CIFAR-10's cats and dogs or your photos; validation is carved out of training
     splits, classes = load_data(args, results)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits.values()
-    images = {name: make_dataset(x, y, args.image_size, INFERENCE_BATCH_SIZE) for name, (x, y) in splits.items()}
+    datasets = {name: make_dataset(x, y, args.image_size, INFERENCE_BATCH_SIZE) for name, (x, y) in splits.items()}
     step("2. Model")  # only the head's Dense layer has trainable weights
     model, base, extractor, head = build_checked_model(args, len(classes))
     model.summary()
-    step("3. Bottleneck features")  # not of the training images with --augment: they change every epoch
-    wanted = ["validation", "test"] if args.augment else ["train", "validation", "test"]
-    runtime = choose_feature_runtime(args.features_with, sum(len(splits[s][1]) for s in wanted), device)
+    step("3. Bottleneck features")  # each image through the frozen base once (training images
+    # change every epoch with --augment, so theirs are not computed)
+    feature_splits = ["validation", "test"] if args.augment else ["train", "validation", "test"]
+    runtime = choose_feature_runtime(args.features_with, sum(len(splits[s][1]) for s in feature_splits), device)
     print(f"Computing MobileNetV2 features, once per image, with {runtime}:")
     features_of = feature_function(extractor, runtime)
-    features = {name: features_of(images[name]) for name in wanted}
+    features = {name: features_of(datasets[name]) for name in feature_splits}
     step("4. Training the head")
-    if args.augment:  # an extra lesson: the whole model trains on changing images
-        trainee, val_data = model, images["validation"]
-        train_data = make_dataset(x_train, y_train, args.image_size, args.batch_size, True, True, args.seed)
+    if args.augment:  # an extra lesson: the head learns from changing images, through the frozen base
+        to_train, val_data = model, datasets["validation"]
+        train_data = make_dataset(x_train, y_train, args.image_size, args.batch_size, shuffle=True, augment=True,
+                                  seed=args.seed)
     else:
-        trainee = head
+        to_train = head
         train_data = (tf.data.Dataset.from_tensor_slices((features["train"], y_train))
                       .shuffle(len(y_train), seed=args.seed).batch(args.batch_size))
         val_data = tf.data.Dataset.from_tensor_slices((features["validation"], y_val)).batch(args.batch_size)
-    compile_for_training(trainee, args.learning_rate)
-    results["accuracy_before_training"] = trainee.evaluate(val_data, verbose=0)[1]
+    compile_for_training(to_train, args.learning_rate)
+    results["accuracy_before_training"] = to_train.evaluate(val_data, verbose=0)[1]
     print(f"Validation accuracy before training: {results['accuracy_before_training']:.3f} "
           f"(chance is about {1 / len(classes):.3f})")
-    history = train(trainee, train_data, val_data, args.epochs)
+    history = train(to_train, train_data, val_data, args.epochs)
     results["val_accuracy"] = {"after_head": best_epoch_val_accuracy(history)}
     step("5. Evaluation")  # the head, on the features of test images it has never seen
     result = evaluate(head, features["test"], y_test, len(classes))
     results["head_test_accuracy"], fine_tune_start = result["accuracy"], None
     if args.fine_tune_epochs:  # an extra lesson: unfreezing changes the base, and so its features
-        history, fine_tune_start = fine_tune(model, base, splits["train"], images["validation"], args, results, history)
-        result = evaluate(model, images["test"], y_test, len(classes))
+        history, fine_tune_start = fine_tune(model, base, splits["train"], datasets["validation"], args, results,
+                                             history)
+        result = evaluate(model, datasets["test"], y_test, len(classes))
     print(f"Test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on {len(y_test)} images")
     print("Confusion matrix (rows: true class, columns: predicted):\n", result["confusion"])
     results.update(test_accuracy=result["accuracy"], test_loss=result["loss"],
                    confusion_matrix=result["confusion"].tolist(), features_with=runtime, device=device)
-    sample = next(iter(images["test"]))[0].numpy()  # the first test images, in file order
+    sample = next(iter(datasets["test"]))[0].numpy()  # the first batch of test images, as in y_test
     sample_labels, sample_probabilities = y_test[:len(sample)], result["probabilities"][:len(sample)]
     picks = pick_examples(sample_labels, sample_probabilities.argmax(1), 8)
     heatmaps = occlusion_map(model, sample[picks], args.image_size // OCCLUSION_GRID)
@@ -337,19 +350,20 @@ def fine_tune(model, base, train_split, val_images, args, results, history):
     """
     step("Fine-tuning")
     before, val_accuracy_before = model.get_weights(), results["val_accuracy"]["after_head"]
-    train_images = make_dataset(*train_split, args.image_size, args.batch_size, True, args.augment, args.seed)
+    train_images = make_dataset(*train_split, args.image_size, args.batch_size, shuffle=True, augment=args.augment,
+                                seed=args.seed)
     base.trainable = True
     steps = args.fine_tune_epochs * len(train_images)  # len() of a batched dataset counts batches
     schedule = tf.keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=args.fine_tune_learning_rate, warmup_steps=steps // 10,
         decay_steps=steps - steps // 10)
     compile_for_training(model, schedule)  # compile() fixes what is trainable
-    more = train(model, train_images, val_images, args.fine_tune_epochs)
-    results["val_accuracy"]["after_fine_tuning"] = max(val_accuracy_before, best_epoch_val_accuracy(more))
-    if best_epoch_val_accuracy(more) < val_accuracy_before:
+    tuned = train(model, train_images, val_images, args.fine_tune_epochs)
+    results["val_accuracy"]["after_fine_tuning"] = max(val_accuracy_before, best_epoch_val_accuracy(tuned))
+    if best_epoch_val_accuracy(tuned) < val_accuracy_before:
         print("Fine-tuning did not beat the frozen model on validation; keeping the frozen one.")
         model.set_weights(before)
-    return {k: history[k] + more[k] for k in history}, len(history["loss"])
+    return {k: history[k] + tuned[k] for k in history}, len(history["loss"])
 
 def export_tflite(model, work_dir, images, probabilities):
     """MobileNet was made for phones: TFLite is how it gets onto one, and LiteRT runs it."""
@@ -374,7 +388,7 @@ def predict_images(paths, model_dir):
         print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in top))
     return 2 if unreadable else 0
 
-# Your own photos: class folders, splits, unreadable files --------------------
+# Your own photos: class folders, splits, unreadable files ---------------------
 # Why not tf.keras.utils.image_dataset_from_directory? It stops at the first
 # broken file and splits only two ways, without keeping each class's share.
 SPLIT_FOLDERS = {"train": ["train"], "validation": ["validation", "val", "valid"], "test": ["test"]}
@@ -388,7 +402,8 @@ def find_split_folders(data_dir):
     train = os.path.join(data_dir, "train")
     if not (os.path.isdir(train) and visible(train)):  # else train/ is a class folder of images
         return {}
-    found = {split: [n for n in names if os.path.isdir(os.path.join(data_dir, n))] for split, names in SPLIT_FOLDERS.items()}
+    found = {split: [n for n in names if os.path.isdir(os.path.join(data_dir, n))]
+             for split, names in SPLIT_FOLDERS.items()}
     return {split: os.path.join(data_dir, names[0]) for split, names in found.items() if names}
 
 def list_files(folder, classes):
@@ -465,13 +480,12 @@ def load_data(args, results):
                    num_test=len(splits["test"][1]), data=args.data_dir or "CIFAR-10")
     return splits, classes
 
-# The command line, checks, the output folder and errors ------------------------
+# The command line, checks, the output folder and errors -----------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train an image classifier on a frozen TF Hub MobileNetV2.")
     p.add_argument("--data-dir", help="your images: DIR/<class>/*.jpg, or DIR/train/<class>/ with DIR/validation/ "
                    "(or val/, valid/) and DIR/test/; missing splits are carved out of train (default: CIFAR-10)")
-    p.add_argument("--model-handle", default=DEFAULT_HANDLE, help="TF Hub URL or local SavedModel folder of an "
-                   "image feature vector (default: MobileNetV2 on TF Hub)")
+    p.add_argument("--model-handle", default=DEFAULT_HANDLE, help="TF Hub URL or SavedModel folder of a feature vector")
     p.add_argument("--image-size", type=int, default=224, help="pixels per side the module expects (default: 224)")
     p.add_argument("--epochs", type=int, default=10, help="epochs to train the head (default: 10)")
     p.add_argument("--batch-size", type=int, default=64, help="images per training batch (default: 64)")
@@ -480,17 +494,15 @@ def parse_args(argv=None):
     p.add_argument("--validation-split", type=float, default=0.1, help="fraction of each class held out for "
                    "validation, and for testing when DIR has no test/ (default: 0.1)")
     p.add_argument("--max-images", type=int, help="at most this many images per split, for a quick first run")
-    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto", help="what runs "
-                   "MobileNetV2 for the features: litert (2-3x faster on a CPU, after a 10-20 s conversion), keras, "
-                   f"or auto: LiteRT on a CPU for {LITERT_MIN_IMAGES} images or more, else Keras (default: auto)")
+    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto", help="litert: about twice as fast "
+                   f"on a CPU, after a 5 s conversion; auto: LiteRT on a CPU from {LITERT_MIN_IMAGES} images on")
     p.add_argument("--output-dir", help="folder for this run (default: a new runs/<date-time>)")
     p.add_argument("--no-show", action="store_true", help="save the plots without showing them")
     p.add_argument("--seed", type=int, default=42, help="random seed for splits and training (default: 42)")
     p.add_argument("--augment", action="store_true", help="random flips, rotations and zooms of training images; "
                    "augmented images change every epoch, so features cannot be computed once (much slower)")
     p.add_argument("--fine-tune-epochs", type=int, default=0, help="then unfreeze the base for N epochs (default: 0)")
-    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4,
-                   help="peak learning rate while fine-tuning, a tenth of the head's (default: 0.0001)")
+    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4, help="peak (default: 0.0001)")
     p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")
     p.add_argument("--predict", nargs="+", metavar="IMAGE", help="classify these images with --model-dir's run")
     p.add_argument("--model-dir", help="a run folder written by an earlier training run, for --predict")
@@ -525,7 +537,7 @@ def build_checked_model(args, num_classes):
     """build_model, or one line saying why the module cannot be used."""
     handle, size = args.model_handle, args.image_size
     try:
-        models = build_model(handle, size, num_classes, args.dropout)
+        model, base, extractor, head = build_model(handle, size, num_classes, args.dropout)
     except Exception:
         try:
             hub.load(handle)
@@ -535,10 +547,10 @@ def build_checked_model(args, num_classes):
             fail(f"cannot load --model-handle {handle} ({type(e).__name__}); to run offline use {where}, "
                  "and --data-dir instead of the CIFAR-10 download")
         fail(f"the module {handle} does not accept {size}x{size} images; set --image-size to its own")
-    if len(models[2].output_shape) != 2:
-        fail(f"the module {handle} returns shape {models[2].output_shape}, not a feature vector; "
+    if len(extractor.output_shape) != 2:
+        fail(f"the module {handle} returns shape {extractor.output_shape}, not a feature vector; "
              "use an image feature-vector module, not a classifier or a raw SavedModel")
-    return models
+    return model, base, extractor, head
 
 def load_exported_run(model_dir):
     """The exported model, its image size and class names, from a run folder."""
@@ -563,11 +575,10 @@ def prepare_output_dir(output_dir):
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         fail(f"--output-dir {output_dir} already holds a run; choose a new folder so it is not overwritten")
     work_dir = output_dir.rstrip("/\\") + ".partial"
-    if os.path.exists(work_dir):
-        fail(f"{work_dir} exists: another run is writing there, or one was killed; "
-             "delete it or choose another --output-dir")
     try:
         os.makedirs(work_dir)
+    except FileExistsError:
+        fail(f"{work_dir} exists: another run is writing there, or one was killed; delete it or pick another")
     except OSError as e:
         fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose a folder you can write to")
     return output_dir, work_dir
@@ -581,9 +592,10 @@ def step(name):  # announce the next step of the lesson, and note when it starts
 def save_metrics(work_dir, args, results):
     """metrics.json: the results, every setting and version that shaped them, seconds per step."""
     STEPS.append(("end", time.perf_counter()))
-    results.update(settings=vars(args), seconds={name: round(t - t0, 2) for (name, t0), (_, t) in zip(STEPS, STEPS[1:])},
-                   versions=dict(python=platform.python_version(), tensorflow=tf.__version__,
-                                 tensorflow_hub=hub.__version__, litert=LiteRT is not None))
+    seconds = {name: round(t - t0, 2) for (name, t0), (_, t) in zip(STEPS, STEPS[1:])}
+    versions = dict(python=platform.python_version(), tensorflow=tf.__version__, tensorflow_hub=hub.__version__,
+                    litert=LiteRT is not None)
+    results.update(settings=vars(args), seconds=seconds, versions=versions)
     with open(os.path.join(work_dir, "metrics.json"), "w") as f:
         json.dump(results, f, indent=2)
 

@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ai_edge_litert.interpreter import Interpreter
-
 from conftest import exported_base_weights, run_script, script_lines, tl
 
 FAST = ["--image-size", "32", "--learning-rate", "0.05", "--no-show"]
@@ -51,7 +49,7 @@ def test_fine_tuning_reports_both_phases_and_never_ends_below_the_head(fine_tune
 def test_tflite_model_predicts_the_same_classes(fine_tuned, three_colours):
     out, m = fine_tuned
     assert m["tflite_agreement"] == 1.0
-    interpreter = Interpreter(model_path=str(out / "model.tflite"))
+    interpreter = (tl.LiteRT or tf.lite.Interpreter)(model_path=str(out / "model.tflite"))
     run = interpreter.get_signature_runner()
     x, y = tl.list_files(str(three_colours), ["blue", "green", "red"])
     images = next(iter(tl.make_dataset(x[::10], y[::10], 32, 16)))[0].numpy()
