@@ -214,7 +214,8 @@ def summarize(args, machine, runs):
                         peak_rss_mb=max(run["peak_mb"] for run in rounds),
                         images_per_s=max((run.get("images_per_s", 0) for run in rounds)),
                         conversion_s=min((run.get("conversion_s", 0) for run in rounds)),
-                        test_accuracy=rounds[0].get("test_accuracy"), features_with=rounds[0].get("features_with"))
+                        test_accuracy=rounds[0].get("test_accuracy"), features_with=rounds[0].get("features_with"),
+                        accuracy_before_training=rounds[0].get("accuracy_before_training"))
              for name, rounds in runs.items()}
     measured = {}
     if {"script", "script_keras"} <= set(runs):
