@@ -471,8 +471,10 @@ def test_errors_end_to_end(case, tmp_path, colours, module32):
 def start_script(*args):
     """Popen the script; its stdout lines arrive on a queue (None at the end), stderr in a list."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A shell that runs the tests in the background starts them with Ctrl-C ignored: undo that.
     process = subprocess.Popen([sys.executable, SCRIPT, *map(str, args)], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines, stderr = queue.Queue(), []
     def read_stdout():
         for line in process.stdout:
