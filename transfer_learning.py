@@ -4,10 +4,11 @@ You build an image classifier (cats vs dogs from CIFAR-10, or your own photos)
 on MobileNetV2, a network that already learned to see from 1.3 million
 ImageNet photos. Its weights stay frozen; only a small Dropout + Dense "head"
 is trained, on features computed once per image. In the order the file reads:
-  1. Data        CIFAR-10 cats and dogs, as floats in [0, 1] at the network's size.
-  2. Model       a frozen TF Hub feature vector under a new Dropout + Dense head.
-  3. Features    why a frozen base runs once per image, and 4. the head trains on them.
-  5. Evaluation  accuracy on unseen images, and where the network looks.
+  1. Data                 CIFAR-10 cats and dogs, as floats in [0, 1] at the network's size.
+  2. Model                a frozen TF Hub feature vector under a new Dropout + Dense head.
+  3. Bottleneck features  why a frozen base runs once per image.
+  4. Training the head    on those features, in seconds.
+  5. Evaluation           accuracy on unseen images, and where the network looks.
   6. Plots and 7. Export; then run_lesson() runs them all in order.
   Extra lessons, off by default: --augment, --fine-tune-epochs, --tflite, --predict.
   Then the plumbing: your own photos (--data-dir), flags, errors, main().
@@ -70,7 +71,8 @@ def scale_and_resize(image, image_size):
     """Float pixels in [0, 1], as TF Hub image modules take them, at image_size square.
 
     The network learned on 224x224 photos: upscaling CIFAR's 32x32 images lets its filters
-    see objects at the scale they know. convert_image_dtype divides by 255 (ints only).
+    see objects at the scale they know. Floats first: convert_image_dtype divides by 255 only
+    while the pixels are integers, and resize returns floats.
     """
     return tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), (image_size, image_size))
 
@@ -122,6 +124,7 @@ def compile_for_training(model, learning_rate):
 # each image down to. The base is frozen, so it gives the same features for an image in
 # every epoch. Running MobileNetV2 is nearly all the work, so we run it once per image,
 # keep the features (5 KB each), and train the head on them: seconds an epoch, not minutes.
+# run_lesson keeps them; the functions below choose and run what computes them.
 def choose_feature_runtime(wanted, num_images, device):
     """LiteRT on a CPU when there are enough images to repay converting the network."""
     if wanted == "auto":
@@ -136,15 +139,15 @@ def feature_function(extractor, runtime):
     """A function from a dataset of images to their features, run by Keras or by LiteRT.
 
     MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is its native
-    runtime: on a CPU it runs the same network 2-3x faster than Keras. Features are a pure
-    function of the image and the frozen weights, so the head learns the same (to ~1e-4).
+    runtime: on a CPU it runs the same network about twice as fast as Keras. Both give the same
+    features up to float rounding (1e-5 here), so the head learns the same from either.
     """
     if runtime == "keras":
         return extractor.predict
-    # Converting the traced network takes seconds (from_keras_model would first save and reload it).
     traced = tf.function(extractor).get_concrete_function(tf.TensorSpec(extractor.input_shape, tf.float32))
-    interpreter = LiteRT(model_content=tf.lite.TFLiteConverter.from_concrete_functions([traced]).convert(),
-                         num_threads=os.cpu_count())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([traced], extractor)
+    converter.experimental_lower_to_saved_model = False  # a frozen graph: 5 s, not 20 s via a SavedModel
+    interpreter = LiteRT(model_content=converter.convert(), num_threads=os.cpu_count())
     (images_in,), (features_out,) = interpreter.get_input_details(), interpreter.get_output_details()
     def run(batch):
         interpreter.resize_tensor_input(images_in["index"], batch.shape)
@@ -196,8 +199,9 @@ def occlusion_map(model, images, patch):
     before = model.predict(images, verbose=0)
     predicted = before.argmax(axis=1)
     after = model.predict(copies.reshape(-1, *images.shape[1:]), batch_size=INFERENCE_BATCH_SIZE, verbose=0)
-    after = np.take_along_axis(after.reshape(n, cells * cells, -1), predicted[:, None, None], axis=2)
-    return (before[np.arange(n), predicted][:, None] - after[..., 0]).reshape(n, cells, cells)
+    p_before = before[np.arange(n), predicted]  # [N]: each image's predicted class
+    p_after = after.reshape(n, cells * cells, -1)[np.arange(n), :, predicted]  # [N, cells * cells]
+    return (p_before[:, None] - p_after).reshape(n, cells, cells)
 
 def pick_examples(labels, predicted, count):
     """Up to count indices: wrong and right predictions of every class, in turn."""
@@ -257,7 +261,7 @@ def export_model(model, classes, work_dir, images, probabilities, tolerance):
     tf.keras.utils.enable_interactive_logging()
     with open(os.path.join(work_dir, "labels.txt"), "w") as f:
         f.write("".join(c + "\n" for c in classes))
-    reloaded = tf.saved_model.load(os.path.join(work_dir, "model"))  # kept: serve() needs its variables
+    reloaded = tf.saved_model.load(os.path.join(work_dir, "model"))  # keep it: serve() uses its variables
     again = reloaded.serve(images).numpy()
     check = dict(images=len(images), same_class=float(np.mean(again.argmax(1) == probabilities.argmax(1))),
                  largest_difference=float(np.abs(again - probabilities).max()), tolerance=tolerance)
@@ -274,15 +278,16 @@ def run_lesson(args, work_dir, results):
     """Every step of the lesson, in order; the files go into work_dir, the numbers into results."""
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU itself
     print(f"Running on {device}." + (" (No GPU found: TF_CPP_MIN_LOG_LEVEL=0 shows why.)" if device == "CPU" else ""))
-    step("1. Data")  # CIFAR-10's cats and dogs or your photos; validation is carved out of training
+    step("1. Data")  # CIFAR-10's cats and dogs or your photos, split three ways (load_data, below)
     splits, classes = load_data(args, results)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits.values()
     datasets = {name: make_dataset(x, y, args.image_size, INFERENCE_BATCH_SIZE) for name, (x, y) in splits.items()}
     step("2. Model")  # only the head's Dense layer has trainable weights
     model, base, extractor, head = build_checked_model(args, len(classes))
     model.summary()
-    step("3. Bottleneck features")  # each image through the frozen base once (training images
-    # change every epoch with --augment, so theirs are not computed)
+    # 3. Each image through the frozen base once (not the training images with --augment:
+    # they change every epoch).
+    step("3. Bottleneck features")
     feature_splits = ["validation", "test"] if args.augment else ["train", "validation", "test"]
     runtime = choose_feature_runtime(args.features_with, sum(len(splits[s][1]) for s in feature_splits), device)
     print(f"Computing MobileNetV2 features, once per image, with {runtime}:")
@@ -299,18 +304,20 @@ def run_lesson(args, work_dir, results):
                       .shuffle(len(y_train), seed=args.seed).batch(args.batch_size))
         val_data = tf.data.Dataset.from_tensor_slices((features["validation"], y_val)).batch(args.batch_size)
     compile_for_training(to_train, args.learning_rate)
-    results["accuracy_before_training"] = to_train.evaluate(val_data, verbose=0)[1]
+    results["accuracy_before_training"] = to_train.evaluate(val_data, verbose=0, return_dict=True)["accuracy"]
     print(f"Validation accuracy before training: {results['accuracy_before_training']:.3f} "
           f"(chance is about {1 / len(classes):.3f})")
     history = train(to_train, train_data, val_data, args.epochs)
     results["val_accuracy"] = {"after_head": best_epoch_val_accuracy(history)}
-    step("5. Evaluation")  # the head, on the features of test images it has never seen
-    result = evaluate(head, features["test"], y_test, len(classes))
-    results["head_test_accuracy"], fine_tune_start = result["accuracy"], None
+    fine_tune_start = None
     if args.fine_tune_epochs:  # an extra lesson: unfreezing changes the base, and so its features
+        results["head_test_accuracy"] = evaluate(head, features["test"], y_test, len(classes))["accuracy"]
         history, fine_tune_start = fine_tune(model, base, splits["train"], datasets["validation"], args, results,
                                              history)
-        result = evaluate(model, datasets["test"], y_test, len(classes))
+    step("5. Evaluation")  # on test images never seen: their features through the head, or the
+    # images through the whole model once fine-tuning has changed the base
+    result = (evaluate(model, datasets["test"], y_test, len(classes)) if args.fine_tune_epochs
+              else evaluate(head, features["test"], y_test, len(classes)))
     print(f"Test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on {len(y_test)} images")
     print("Confusion matrix (rows: true class, columns: predicted):\n", result["confusion"])
     results.update(test_accuracy=result["accuracy"], test_loss=result["loss"],
@@ -327,11 +334,13 @@ def run_lesson(args, work_dir, results):
     plot_predictions(sample[picks], sample_labels[picks], sample_probabilities[picks], classes,
                      os.path.join(work_dir, "where_it_looks.png"), heatmaps,
                      "Where it looks: red where a grey patch lowers the prediction most")
-    step("7. Export")  # LiteRT's features and a GPU's TensorFloat-32 move probabilities slightly
-    check = (sample, sample_probabilities)
-    results["export_check"] = export_model(model, classes, work_dir, *check, 1e-2 if device == "GPU" else 1e-3)
+    # 7. The exported model runs the sample images end to end. Its probabilities differ a little
+    # from the ones above: those came through LiteRT's features, or a GPU's TensorFloat-32.
+    step("7. Export")
+    tolerance = 1e-2 if device == "GPU" else 1e-3
+    results["export_check"] = export_model(model, classes, work_dir, sample, sample_probabilities, tolerance)
     if args.tflite:
-        results["tflite_agreement"] = export_tflite(model, work_dir, *check)
+        results["tflite_agreement"] = export_tflite(model, work_dir, sample, sample_probabilities)
 
 # Extra lessons ----------------------------------------------------------------
 def random_augmenter():
@@ -345,10 +354,10 @@ def fine_tune(model, base, train_split, val_images, args, results, history):
     The learning rate is far smaller than the head's, so that noisy gradients from a few
     thousand images cannot overwrite ImageNet's features. It warms up (Adam's first steps
     move every weight by the full rate, which knocked the model below the frozen one) and
-    decays to zero. BatchNorm keeps its ImageNet statistics (see build_model). If no epoch
-    beats the frozen model on validation, the frozen one is kept.
+    decays to zero. BatchNorm keeps its ImageNet statistics (see build_model). If the best
+    epoch does not beat the frozen model on validation, the frozen one is kept.
     """
-    step("Fine-tuning")
+    step("4b. Fine-tuning")
     before, val_accuracy_before = model.get_weights(), results["val_accuracy"]["after_head"]
     train_images = make_dataset(*train_split, args.image_size, args.batch_size, shuffle=True, augment=args.augment,
                                 seed=args.seed)
@@ -494,8 +503,9 @@ def parse_args(argv=None):
     p.add_argument("--validation-split", type=float, default=0.1, help="fraction of each class held out for "
                    "validation, and for testing when DIR has no test/ (default: 0.1)")
     p.add_argument("--max-images", type=int, help="at most this many images per split, for a quick first run")
-    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto", help="litert: about twice as fast "
-                   f"on a CPU, after a 5 s conversion; auto: LiteRT on a CPU from {LITERT_MIN_IMAGES} images on")
+    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto",
+                   help=f"litert: about twice as fast on a CPU after a 5 s conversion; auto (the default): "
+                   f"litert on a CPU for {LITERT_MIN_IMAGES} images or more, else keras")
     p.add_argument("--output-dir", help="folder for this run (default: a new runs/<date-time>)")
     p.add_argument("--no-show", action="store_true", help="save the plots without showing them")
     p.add_argument("--seed", type=int, default=42, help="random seed for splits and training (default: 42)")

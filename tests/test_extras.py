@@ -43,7 +43,7 @@ def test_fine_tuning_reports_both_phases_and_never_ends_below_the_head(fine_tune
     assert m["settings"]["fine_tune_epochs"] == 2 and set(m["val_accuracy"]) == {"after_head", "after_fine_tuning"}
     assert m["val_accuracy"]["after_fine_tuning"] >= m["val_accuracy"]["after_head"]
     assert m["head_test_accuracy"] is not None and m["test_accuracy"] >= 0.9
-    assert "Fine-tuning" in m["seconds"]
+    assert "4b. Fine-tuning" in m["seconds"]
 
 
 def test_tflite_model_predicts_the_same_classes(fine_tuned, three_colours):
