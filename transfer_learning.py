@@ -140,7 +140,7 @@ def feature_function(extractor, runtime):
 
     MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is its native
     runtime: on a CPU it runs the same network about twice as fast as Keras. Both give the same
-    features up to float rounding (1e-5 here), so the head learns the same from either.
+    features up to float rounding (2e-5 here), so the head learns the same from either.
     """
     if runtime == "keras":
         return extractor.predict
