@@ -1,9 +1,8 @@
 """Transfer learning: a frozen MobileNetV2 from TensorFlow Hub learns your classes.
 
-You build an image classifier (cats vs dogs from CIFAR-10, or your own photos)
-on MobileNetV2, a network that already learned to see from 1.3 million
-ImageNet photos. Its weights stay frozen; only a small Dropout + Dense "head"
-is trained, on features computed once per image. In the order the file reads:
+You build an image classifier (cats vs dogs from CIFAR-10, or your own photos) on MobileNetV2,
+a network that already learned to see from 1.3 million ImageNet photos. Its weights stay frozen;
+only a small Dropout + Dense "head" is trained, on features computed once per image. In order:
   1. Data                 CIFAR-10 cats and dogs, as floats in [0, 1] at the network's size.
   2. Model                a frozen TF Hub feature vector under a new Dropout + Dense head.
   3. Bottleneck features  why a frozen base runs once per image.
@@ -19,15 +18,14 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import time
 
-# tensorflow_hub's KerasLayer is a Keras 2 layer: ask for Keras 2 (tf-keras)
-# before TensorFlow is imported, and for fewer start-up messages.
+# tensorflow_hub's KerasLayer is a Keras 2 layer: ask for Keras 2 (tf-keras) before TensorFlow is imported.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# The BFC allocator reuses one batch's activation memory for the next; the
-# default CPU allocator made the feature pass 3x slower here.
+# The BFC allocator reuses one batch's memory for the next: the default made the feature pass 3x slower.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 try:
     import matplotlib.pyplot as plt
@@ -42,8 +40,7 @@ try:  # LiteRT, MobileNet's own runtime, has no wheels for some platforms
 except ImportError:
     LiteRT = None
 
-# MobileNetV2 trained on ImageNet, as a feature vector: float images in [0, 1]
-# of 224x224 pixels in, 1280 numbers describing each image out.
+# MobileNetV2 trained on ImageNet, as a feature vector: 224x224 images in [0, 1] in, 1280 numbers out.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 CIFAR10_CAT, CIFAR10_DOG = 3, 5
 INFERENCE_BATCH_SIZE = 32  # for running the network: on a CPU, 15% faster than 64
@@ -52,8 +49,7 @@ OCCLUSION_GRID = 4  # where_it_looks.png hides each of 4x4 patches in turn
 AUTOTUNE = tf.data.AUTOTUNE
 
 # 1. Data ----------------------------------------------------------------------
-# A split is a pair (x, y): x holds images (CIFAR-10 arrives as arrays) or
-# image file paths (your folders), y the class numbers.
+# A split is a pair (x, y): x holds images (CIFAR-10's arrays) or image file paths, y the class numbers.
 def load_cifar10_cats_and_dogs():
     """CIFAR-10's cats (3) and dogs (5), relabelled 0 = cat, 1 = dog."""
     (x_train, y_train), (x_test, y_test) = tf.keras.datasets.cifar10.load_data()
@@ -68,12 +64,9 @@ def read_image(path):
     return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
 
 def scale_and_resize(image, image_size):
-    """Float pixels in [0, 1], as TF Hub image modules take them, at image_size square.
-
-    The network learned on 224x224 photos: upscaling CIFAR's 32x32 images lets its filters
-    see objects at the scale they know. Floats first: convert_image_dtype divides by 255 only
-    while the pixels are integers, and resize returns floats.
-    """
+    """Float pixels in [0, 1], as TF Hub image modules take them, at image_size square. The network
+    learned on 224x224 photos: upscaling CIFAR's 32x32 images shows it objects at the scale it knows.
+    Floats first: convert_image_dtype divides by 255 only while the pixels are integers."""
     return tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), (image_size, image_size))
 
 def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, seed=0):
@@ -86,8 +79,10 @@ def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, see
         ds = ds.map(lambda path, label: (read_image(path), label), num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda image, label: (scale_and_resize(image, image_size), label),
                 num_parallel_calls=AUTOTUNE).batch(batch_size)
-    if augment:  # in the pipeline, not the model: the exported model stays a plain classifier
-        augmenter = random_augmenter()
+    if augment:  # an extra lesson: random flips, small rotations and zooms make new variants every epoch.
+        # In the pipeline, not the model: the exported model stays a plain classifier.
+        augmenter = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
+                                         tf.keras.layers.RandomRotation(0.05), tf.keras.layers.RandomZoom(0.1)])
         ds = ds.map(lambda images, labels: (augmenter(images, training=True), labels), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
@@ -137,11 +132,9 @@ def choose_feature_runtime(wanted, num_images, device):
 
 def feature_function(extractor, runtime):
     """A function from a dataset of images to their features, run by Keras or by LiteRT.
-
-    MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is its native
-    runtime: on a CPU it runs the same network about twice as fast as Keras. Both give the same
-    features up to float rounding (2e-5 here), so the head learns the same from either.
-    """
+    MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is its native runtime:
+    on a CPU it runs the same network about twice as fast. The features agree to float rounding
+    (2e-5), so the head learns the same from either."""
     if runtime == "keras":
         return extractor.predict
     traced = tf.function(extractor).get_concrete_function(tf.TensorSpec(extractor.input_shape, tf.float32))
@@ -159,12 +152,9 @@ def feature_function(extractor, runtime):
 
 # 4. Training the head on the features -----------------------------------------
 def train(model, train_data, val_data, epochs):
-    """model.fit, keeping the weights of the epoch with the lowest validation loss.
-
-    The best epoch is chosen on validation data, never on the test images: those must stay
-    unseen to tell honestly how the model does on new photos. Loss rather than accuracy: on
-    a small validation set many epochs tie on accuracy. patience=epochs: never stops early.
-    """
+    """model.fit, keeping the weights of the epoch with the lowest validation loss. Chosen on
+    validation data, never on the test images: those stay unseen to tell honestly how it does on
+    new photos. Loss, not accuracy: many epochs tie on accuracy. patience=epochs: never stops early."""
     keep_best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
                                                  restore_best_weights=True, verbose=1)
     return model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=[keep_best]).history
@@ -185,11 +175,10 @@ def evaluate(model, test_data, y_test, num_classes):
 def occlusion_map(model, images, patch):
     """How much each image's predicted-class probability drops with a grey patch at each place.
 
-    Occlusion sensitivity (Zeiler and Fergus, 2014): hide one patch at a time and see how
-    much less sure the model gets. Where it drops most is what the model looked at: the
-    animal, or the background? It needs no gradients, so it works for any module. It is a
-    coarse localisation from a classifier, not a detector, and CIFAR's 32x32 images make
-    the grid coarser still. Returns float [N, rows, cols], one per patch (stride = patch).
+    Occlusion sensitivity (Zeiler and Fergus, 2014): hide one patch at a time and see how much less
+    sure the model gets. Where it drops most is what the model looked at: the animal, or the
+    background? No gradients needed, so it works for any module. A coarse localisation from a
+    classifier, not a detector; CIFAR's 32x32 images make it coarser still. Returns [N, rows, cols].
     """
     n, cells = len(images), images.shape[1] // patch
     copies = np.repeat(images[:, None], cells * cells, axis=1)  # [N, cells * cells, S, S, 3]
@@ -211,7 +200,7 @@ def pick_examples(labels, predicted, count):
 
 # 6. Plots ---------------------------------------------------------------------
 def plot_history(history, fine_tune_start, path):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, history[metric], "o-", label="train")
@@ -220,14 +209,13 @@ def plot_history(history, fine_tune_start, path):
             ax.axvline(fine_tune_start + 0.5, color="grey", linestyle="--", label="fine-tuning starts")
         ax.set(title=metric.capitalize(), xlabel="epoch")
         ax.legend()
-    fig.tight_layout()
     fig.savefig(path)
 
 def plot_predictions(images, labels, probabilities, classes, path, heatmaps=None, title=None):
     """Test images titled with predicted class and confidence, green if right, red if wrong;
     occlusion maps laid over them, if given: red where hiding a patch lowered the prediction most."""
     rows = int(np.ceil(len(images) / 4))
-    fig, axes = plt.subplots(rows, 4, figsize=(10, 2.75 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 4, figsize=(10, 2.75 * rows), squeeze=False, layout="constrained")
     for k, (ax, image, label, p) in enumerate(zip(axes.flat, images, labels, probabilities)):
         ax.imshow(image)
         if heatmaps is not None:
@@ -238,17 +226,15 @@ def plot_predictions(images, labels, probabilities, classes, path, heatmaps=None
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path)
 
 def plot_confusion_matrix(confusion, classes, path):
-    fig, ax = plt.subplots(figsize=(2 + len(classes), 1.5 + len(classes)))
-    ax.imshow(confusion, cmap="Blues")
+    fig, ax = plt.subplots(figsize=(2 + len(classes), 1.5 + len(classes)), layout="constrained")
+    ax.imshow(confusion, cmap="Blues", vmin=0)
     for (i, j), count in np.ndenumerate(confusion):
         ax.text(j, i, count, ha="center", va="center", color="white" if count > confusion.max() / 2 else "black")
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
            yticklabels=classes, xlabel="predicted", ylabel="true", title="Test confusion matrix")
-    fig.tight_layout()
     fig.savefig(path)
 
 # 7. Export --------------------------------------------------------------------
@@ -285,9 +271,7 @@ def run_lesson(args, work_dir, results):
     step("2. Model")  # only the head's Dense layer has trainable weights
     model, base, extractor, head = build_checked_model(args, len(classes))
     model.summary()
-    # 3. Each image through the frozen base once (not the training images with --augment:
-    # they change every epoch).
-    step("3. Bottleneck features")
+    step("3. Bottleneck features")  # not of the training images with --augment: they change every epoch
     feature_splits = ["validation", "test"] if args.augment else ["train", "validation", "test"]
     runtime = choose_feature_runtime(args.features_with, sum(len(splits[s][1]) for s in feature_splits), device)
     print(f"Computing MobileNetV2 features, once per image, with {runtime}:")
@@ -312,10 +296,8 @@ def run_lesson(args, work_dir, results):
     fine_tune_start = None
     if args.fine_tune_epochs:  # an extra lesson: unfreezing changes the base, and so its features
         results["head_test_accuracy"] = evaluate(head, features["test"], y_test, len(classes))["accuracy"]
-        history, fine_tune_start = fine_tune(model, base, splits["train"], datasets["validation"], args, results,
-                                             history)
-    step("5. Evaluation")  # on test images never seen: their features through the head, or the
-    # images through the whole model once fine-tuning has changed the base
+        history, fine_tune_start = fine_tune(model, base, splits, datasets, args, results, history)
+    step("5. Evaluation")  # test images' features through the head, or the images through the whole model
     result = (evaluate(model, datasets["test"], y_test, len(classes)) if args.fine_tune_epochs
               else evaluate(head, features["test"], y_test, len(classes)))
     print(f"Test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on {len(y_test)} images")
@@ -334,32 +316,24 @@ def run_lesson(args, work_dir, results):
     plot_predictions(sample[picks], sample_labels[picks], sample_probabilities[picks], classes,
                      os.path.join(work_dir, "where_it_looks.png"), heatmaps,
                      "Where it looks: red where a grey patch lowers the prediction most")
-    # 7. The exported model runs the sample images end to end. Its probabilities differ a little
-    # from the ones above: those came through LiteRT's features, or a GPU's TensorFloat-32.
-    step("7. Export")
+    step("7. Export")  # the sample through the reloaded model: it differs by float rounding (TF32 on a GPU)
     tolerance = 1e-2 if device == "GPU" else 1e-3
     results["export_check"] = export_model(model, classes, work_dir, sample, sample_probabilities, tolerance)
     if args.tflite:
         results["tflite_agreement"] = export_tflite(model, work_dir, sample, sample_probabilities)
 
 # Extra lessons ----------------------------------------------------------------
-def random_augmenter():
-    """Random flips, small rotations and zooms: new variants of the training images every epoch."""
-    return tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
-                                tf.keras.layers.RandomRotation(0.05), tf.keras.layers.RandomZoom(0.1)])
-
-def fine_tune(model, base, train_split, val_images, args, results, history):
+def fine_tune(model, base, splits, datasets, args, results, history):
     """Unfreeze the base and nudge all of its weights towards our classes.
 
-    The learning rate is far smaller than the head's, so that noisy gradients from a few
-    thousand images cannot overwrite ImageNet's features. It warms up (Adam's first steps
-    move every weight by the full rate, which knocked the model below the frozen one) and
-    decays to zero. BatchNorm keeps its ImageNet statistics (see build_model). If the best
-    epoch does not beat the frozen model on validation, the frozen one is kept.
+    The learning rate is far smaller than the head's, so that noisy gradients from a few thousand
+    images cannot overwrite ImageNet's features. It warms up (Adam's first steps move every weight
+    by the full rate, which knocked the model below the frozen one) and decays to zero. BatchNorm
+    keeps its ImageNet statistics (build_model). If it does not beat the frozen model, that one stays.
     """
     step("4b. Fine-tuning")
     before, val_accuracy_before = model.get_weights(), results["val_accuracy"]["after_head"]
-    train_images = make_dataset(*train_split, args.image_size, args.batch_size, shuffle=True, augment=args.augment,
+    train_images = make_dataset(*splits["train"], args.image_size, args.batch_size, shuffle=True, augment=args.augment,
                                 seed=args.seed)
     base.trainable = True
     steps = args.fine_tune_epochs * len(train_images)  # len() of a batched dataset counts batches
@@ -367,7 +341,7 @@ def fine_tune(model, base, train_split, val_images, args, results, history):
         initial_learning_rate=0.0, warmup_target=args.fine_tune_learning_rate, warmup_steps=steps // 10,
         decay_steps=steps - steps // 10)
     compile_for_training(model, schedule)  # compile() fixes what is trainable
-    tuned = train(model, train_images, val_images, args.fine_tune_epochs)
+    tuned = train(model, train_images, datasets["validation"], args.fine_tune_epochs)
     results["val_accuracy"]["after_fine_tuning"] = max(val_accuracy_before, best_epoch_val_accuracy(tuned))
     if best_epoch_val_accuracy(tuned) < val_accuracy_before:
         print("Fine-tuning did not beat the frozen model on validation; keeping the frozen one.")
@@ -398,8 +372,8 @@ def predict_images(paths, model_dir):
     return 2 if unreadable else 0
 
 # Your own photos: class folders, splits, unreadable files ---------------------
-# Why not tf.keras.utils.image_dataset_from_directory? It stops at the first
-# broken file and splits only two ways, without keeping each class's share.
+# Not tf.keras.utils.image_dataset_from_directory: it stops at the first broken file and
+# splits only two ways, without keeping each class's share.
 SPLIT_FOLDERS = {"train": ["train"], "validation": ["validation", "val", "valid"], "test": ["test"]}
 
 def visible(folder, wanted=os.path.isdir):
@@ -503,14 +477,13 @@ def parse_args(argv=None):
     p.add_argument("--validation-split", type=float, default=0.1, help="fraction of each class held out for "
                    "validation, and for testing when DIR has no test/ (default: 0.1)")
     p.add_argument("--max-images", type=int, help="at most this many images per split, for a quick first run")
-    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto",
-                   help=f"litert: about twice as fast on a CPU after a 5 s conversion; auto (the default): "
-                   f"litert on a CPU for {LITERT_MIN_IMAGES} images or more, else keras")
+    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto", help="litert: twice as "
+                   f"fast on a CPU, after a 5 s conversion; auto: litert on a CPU for {LITERT_MIN_IMAGES}+ images")
     p.add_argument("--output-dir", help="folder for this run (default: a new runs/<date-time>)")
     p.add_argument("--no-show", action="store_true", help="save the plots without showing them")
     p.add_argument("--seed", type=int, default=42, help="random seed for splits and training (default: 42)")
-    p.add_argument("--augment", action="store_true", help="random flips, rotations and zooms of training images; "
-                   "augmented images change every epoch, so features cannot be computed once (much slower)")
+    p.add_argument("--augment", action="store_true", help="random flips, rotations and zooms of training images "
+                   "(much slower: they change every epoch, so their features cannot be computed once)")
     p.add_argument("--fine-tune-epochs", type=int, default=0, help="then unfreeze the base for N epochs (default: 0)")
     p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4, help="peak (default: 0.0001)")
     p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")
@@ -622,6 +595,7 @@ def main(argv=None):
     tf.keras.utils.set_random_seed(args.seed)
     output_dir, work_dir = prepare_output_dir(args.output_dir)
     results, status, STEPS[:] = {}, 0, []
+    previous = signal.signal(signal.SIGINT, lambda *_: leave_on_ctrl_c(work_dir, output_dir))
     try:
         try:
             run_lesson(args, work_dir, results)
@@ -632,17 +606,25 @@ def main(argv=None):
             print(f"error: {results['last_step_error']}; the rest of the run is saved", file=sys.stderr)
         save_metrics(work_dir, args, results)
         os.replace(work_dir, output_dir)  # the run appears whole, or not at all
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    print(f"Saved the run to {output_dir}/")
-    try:
+        print(f"Saved the run to {output_dir}/")
         if not args.no_show and plt.get_backend().lower() != "agg":
             plt.show()
-    except KeyboardInterrupt:
-        print(f"\nInterrupted; the run is saved in {output_dir}/", file=sys.stderr)
-        return 130
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        signal.signal(signal.SIGINT, previous)
     plt.close("all")
     return status
+
+def leave_on_ctrl_c(work_dir, output_dir):
+    """Ctrl-C ends a run at once, wherever it lands (a KeyboardInterrupt raised inside TensorFlow
+    can be swallowed there, and training would go on). A saved run stays; an unfinished one goes."""
+    sys.stdout.flush()
+    if os.path.exists(os.path.join(output_dir, "metrics.json")):
+        print(f"\nInterrupted; the run is saved in {output_dir}/", file=sys.stderr, flush=True)
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        print("\nInterrupted: no run folder was written; earlier runs are untouched.", file=sys.stderr, flush=True)
+    os._exit(130)
 
 if __name__ == "__main__":
     try:

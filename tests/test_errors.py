@@ -580,17 +580,45 @@ def test_a_failing_export_keeps_the_finished_run(module32, colours, tmp_path, mo
     assert not os.path.exists(str(out) + ".partial")
 
 
+def exit_raises(monkeypatch):
+    """os._exit, which the Ctrl-C handler calls, raises SystemExit instead: pytest lives on."""
+    def fake_exit(status):
+        raise SystemExit(status)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+
+
 def test_ctrl_c_while_the_plots_are_shown_exits_130_and_keeps_the_run(module32, colours, tmp_path,
                                                                       monkeypatch, capfd):
-    def interrupted_show():
-        raise KeyboardInterrupt
+    exit_raises(monkeypatch)
     monkeypatch.setattr(tl.plt, "get_backend", lambda: "TkAgg")  # as on a desktop
-    monkeypatch.setattr(tl.plt, "show", interrupted_show)
+    monkeypatch.setattr(tl.plt, "show", lambda: signal.raise_signal(signal.SIGINT))
     out = tmp_path / "out"
     argv = [a for a in quick(module32) if a != "--no-show"]
-    assert tl.main([*argv, "--data-dir", str(colours), "--output-dir", str(out)]) == 130
+    with pytest.raises(SystemExit) as exit:
+        tl.main([*argv, "--data-dir", str(colours), "--output-dir", str(out)])
+    assert exit.value.code == 130
     assert os.path.isfile(out / "metrics.json")
     assert str(out) in script_lines(capfd.readouterr().err)[-1]
+
+
+def test_ctrl_c_swallowed_inside_tensorflow_still_ends_the_run(module32, colours, tmp_path, monkeypatch, capfd):
+    """A KeyboardInterrupt raised inside TensorFlow's own code can be swallowed there."""
+    exit_raises(monkeypatch)
+    train = tl.train
+    def train_after_a_swallowed_ctrl_c(*args):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return train(*args)
+    monkeypatch.setattr(tl, "train", train_after_a_swallowed_ctrl_c)
+    out, before = tmp_path / "out", signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as exit:
+        tl.main([*quick(module32), "--data-dir", str(colours), "--output-dir", str(out)])
+    assert exit.value.code == 130
+    assert "Interrupted" in script_lines(capfd.readouterr().err)[-1]
+    assert_nothing_left(out)
+    assert signal.getsignal(signal.SIGINT) is before  # main gave Ctrl-C back
 
 
 def test_keras_3_imported_first_is_a_one_line_error(tmp_path, colours, module32):
