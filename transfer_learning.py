@@ -52,9 +52,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 # A split is a pair (x, y): x holds images (CIFAR-10's arrays) or image file paths, y the class numbers.
 def load_cifar10_cats_and_dogs():
     """CIFAR-10's cats (3) and dogs (5), relabelled 0 = cat, 1 = dog."""
-    (x_train, y_train), (x_test, y_test) = tf.keras.datasets.cifar10.load_data()
     splits = {}
-    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+    for name, (x, y) in zip(("train", "test"), tf.keras.datasets.cifar10.load_data()):
         keep = np.isin(y[:, 0], (CIFAR10_CAT, CIFAR10_DOG))
         splits[name] = (x[keep], (y[keep, 0] == CIFAR10_DOG).astype(np.int64))
     return splits, ["cat", "dog"]
@@ -92,10 +91,8 @@ def build_model(handle, image_size, num_classes, dropout):
 
     model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export.
     extractor  images -> MobileNetV2 features: run once per image.
-    head       features -> Dropout -> Dense: what we train.
-    Training the head trains the model, because they share the Dropout and Dense layers.
-    Dropout hides random features during training, so that the head cannot lean on a few
-    of them (1280 inputs, a few thousand images).
+    head       features -> Dropout -> Dense: what we train; it shares those layers, so it trains the model too.
+    Dropout hides random features in training, so the head cannot lean on a few (1280 inputs, a few thousand images).
     """
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     base = hub.KerasLayer(handle, trainable=False, name="mobilenet_v2")
@@ -115,10 +112,9 @@ def compile_for_training(model, learning_rate):
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 # 3. Bottleneck features -------------------------------------------------------
-# The central idea. The "bottleneck" is the base's last layer: the 1280 features it boils
-# each image down to. The base is frozen, so it gives the same features for an image in
-# every epoch. Running MobileNetV2 is nearly all the work, so we run it once per image,
-# keep the features (5 KB each), and train the head on them: seconds an epoch, not minutes.
+# The central idea. The "bottleneck" is the base's last layer: the 1280 features it boils each image down to. Frozen,
+# the base gives an image the same features in every epoch. Running MobileNetV2 is nearly all the work, so we run it
+# once per image, keep the features (5 KB each), and train the head on them: seconds an epoch, not minutes.
 # run_lesson keeps them; the functions below choose and run what computes them.
 def choose_feature_runtime(wanted, num_images, device):
     """LiteRT on a CPU when there are enough images to repay converting the network."""
@@ -131,10 +127,9 @@ def choose_feature_runtime(wanted, num_images, device):
     return wanted
 
 def feature_function(extractor, runtime):
-    """A function from a dataset of images to their features, run by Keras or by LiteRT.
-    MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is its native runtime:
-    on a CPU it runs the same network about twice as fast. The features agree to float rounding
-    (2e-5), so the head learns the same from either."""
+    """A function from a dataset of images to their features, run by Keras or by LiteRT. MobileNet was designed for
+    phones, and LiteRT (formerly TensorFlow Lite) is its native runtime: on a CPU it runs the same network about twice
+    as fast. The features agree to float rounding (2e-5), so the head learns the same from either."""
     if runtime == "keras":
         return extractor.predict
     traced = tf.function(extractor).get_concrete_function(tf.TensorSpec(extractor.input_shape, tf.float32))
@@ -182,8 +177,7 @@ def occlusion_map(model, images, patch):
     """
     n, cells = len(images), images.shape[1] // patch
     copies = np.repeat(images[:, None], cells * cells, axis=1)  # [N, cells * cells, S, S, 3]
-    for k in range(cells * cells):
-        row, col = divmod(k, cells)
+    for k, (row, col) in enumerate(np.ndindex(cells, cells)):
         copies[:, k, row * patch:(row + 1) * patch, col * patch:(col + 1) * patch] = 0.5
     before = model.predict(images, verbose=0)
     predicted = before.argmax(axis=1)
@@ -239,14 +233,12 @@ def plot_confusion_matrix(confusion, classes, path):
 
 # 7. Export --------------------------------------------------------------------
 def export_model(model, classes, work_dir, images, probabilities, tolerance):
-    """Save the model and its labels for inference; reload it and check, end to end on images,
-    that it predicts as before. model.export keeps only the forward pass, as serve(images):
-    any TensorFlow program (or TF Serving) runs it without Keras or tensorflow_hub."""
+    """Save the model and its labels, reload them and check on images that it predicts as before. model.export keeps
+    just the forward pass, as serve(images): any TensorFlow program (or TF Serving) runs it without Keras or TF Hub."""
     tf.keras.utils.disable_interactive_logging()  # else export lists every variable
     model.export(os.path.join(work_dir, "model"))
     tf.keras.utils.enable_interactive_logging()
-    with open(os.path.join(work_dir, "labels.txt"), "w") as f:
-        f.write("".join(c + "\n" for c in classes))
+    tf.io.write_file(os.path.join(work_dir, "labels.txt"), "".join(c + "\n" for c in classes))
     reloaded = tf.saved_model.load(os.path.join(work_dir, "model"))  # keep it: serve() uses its variables
     again = reloaded.serve(images).numpy()
     check = dict(images=len(images), same_class=float(np.mean(again.argmax(1) == probabilities.argmax(1))),
@@ -351,8 +343,7 @@ def fine_tune(model, base, splits, datasets, args, results, history):
 def export_tflite(model, work_dir, images, probabilities):
     """MobileNet was made for phones: TFLite is how it gets onto one, and LiteRT runs it."""
     tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    with open(os.path.join(work_dir, "model.tflite"), "wb") as f:
-        f.write(tflite)
+    tf.io.write_file(os.path.join(work_dir, "model.tflite"), tflite)
     run = (LiteRT or tf.lite.Interpreter)(model_content=tflite).get_signature_runner()
     agree = float(np.mean(run(images=images)["classifier"].argmax(1) == probabilities.argmax(1)))
     print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, same class as the trained model "
@@ -549,10 +540,9 @@ def prepare_output_dir(output_dir):
     """Never touch an earlier run: this one is written into OUTPUT.partial."""
     if output_dir is None:  # a new folder per run, even for two runs in the same second
         output_dir = stamp = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-        for n in range(2, 10000):
-            if not (os.path.exists(output_dir) or os.path.exists(output_dir + ".partial")):
-                break
-            output_dir = f"{stamp}-{n}"
+        n = 2
+        while os.path.exists(output_dir) or os.path.exists(output_dir + ".partial"):
+            output_dir, n = f"{stamp}-{n}", n + 1
     if os.path.isfile(output_dir):
         fail(f"--output-dir {output_dir} is a file; give a folder name")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
@@ -579,8 +569,7 @@ def save_metrics(work_dir, args, results):
     versions = dict(python=platform.python_version(), tensorflow=tf.__version__, tensorflow_hub=hub.__version__,
                     litert=LiteRT is not None)
     results.update(settings=vars(args), seconds=seconds, versions=versions)
-    with open(os.path.join(work_dir, "metrics.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    tf.io.write_file(os.path.join(work_dir, "metrics.json"), json.dumps(results, indent=2))
 
 def main(argv=None):
     args = parse_args(argv)
