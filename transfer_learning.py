@@ -22,7 +22,8 @@ import signal
 import sys
 import time
 
-# tensorflow_hub's KerasLayer is a Keras 2 layer: ask for Keras 2 (tf-keras) before TensorFlow is imported.
+# tensorflow_hub's KerasLayer is a Keras 2 layer: ask for Keras 2 (tf-keras) before TensorFlow is imported,
+# and for fewer start-up messages (TF_CPP_MIN_LOG_LEVEL=0 shows them all).
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The BFC allocator reuses one batch's memory for the next: the default made the feature pass 3x slower.
@@ -263,8 +264,8 @@ def run_lesson(args, work_dir, results):
     step("2. Model")  # only the head's Dense layer has trainable weights
     model, base, extractor, head = build_checked_model(args, len(classes))
     model.summary()
-    step("3. Bottleneck features")  # not of the training images with --augment: they change every epoch
-    feature_splits = ["validation", "test"] if args.augment else ["train", "validation", "test"]
+    step("3. Bottleneck features")  # with --augment only the test images': training images change every epoch
+    feature_splits = ["test"] if args.augment else ["train", "validation", "test"]
     runtime = choose_feature_runtime(args.features_with, sum(len(splits[s][1]) for s in feature_splits), device)
     print(f"Computing MobileNetV2 features, once per image, with {runtime}:")
     features_of = feature_function(extractor, runtime)

@@ -60,10 +60,16 @@ def test_tflite_model_predicts_the_same_classes(fine_tuned, three_colours):
     np.testing.assert_allclose(lite, saved, atol=1e-4)
 
 
-def test_augmentation_trains_on_images_and_still_learns(three_colours, module32, tmp_path):
+def test_augmentation_trains_on_images_and_still_learns(three_colours, module32, tmp_path, monkeypatch):
+    computed, feature_function = [], tl.feature_function  # features computed once, outside training
+    def counting(extractor, runtime):
+        features_of = feature_function(extractor, runtime)
+        return lambda images: computed.append(features_of(images)) or computed[-1]
+    monkeypatch.setattr(tl, "feature_function", counting)
     m = train_run(three_colours, module32, tmp_path / "run", "--epochs", "15", "--augment")
     assert m["settings"]["augment"] is True
     assert m["test_accuracy"] > 0.7  # chance is 1/3
+    assert sum(map(len, computed)) == m["num_test"]  # only the test images: the whole model trains on images
 
 
 def test_augmentation_flips_rotates_and_zooms_only_training_images():
