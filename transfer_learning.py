@@ -1,385 +1,773 @@
-"""Transfer learning: a frozen MobileNetV2 from TensorFlow Hub learns your classes.
+"""Transfer learning: MobileNetV2, trained on ImageNet, learns your classes in minutes.
 
-You build an image classifier (cats vs dogs from CIFAR-10, or your own photos) on MobileNetV2,
-a network that already learned to see from 1.3 million ImageNet photos. Its weights stay frozen;
-only a small Dropout + Dense "head" is trained, on features computed once per image. In order:
-  1. Data                 CIFAR-10 cats and dogs, as floats in [0, 1] at the network's size.
-  2. Model                a frozen TF Hub feature vector under a new Dropout + Dense head.
-  3. Bottleneck features  why a frozen base runs once per image.
-  4. Training the head    on those features, in seconds.
-  5. Evaluation           accuracy on unseen images, and where the network looks.
-  6. Plots and 7. Export; then run_lesson() runs them all in order.
-  Extra lessons, off by default: --augment, --fine-tune-epochs, --tflite, --predict.
-  Then the plumbing: your own photos (--data-dir), flags, errors, main().
-Run it: python transfer_learning.py [--max-images 500 for a quick first run] [--help]
+MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. Frozen, it turns each
+image into 1280 numbers, its "features", and a small new head (Dropout + Dense) learns your
+classes from them in seconds: CIFAR-10's cats and dogs, or your own photos. Then you test the
+result honestly, see where it looks and what it gets wrong, and export it. Run it:
+    python transfer_learning.py  [--max-images 300: a quick look]  [--data-dir DIR]  [--help]
+run_lesson(), below, is the table of contents; the steps follow in the order it runs them. The
+helpers they call, the extra lessons, the speed-ups, your own photos and the command line follow.
 """
-import argparse
-import json
 import os
-import platform
-import shutil
-import signal
 import sys
 import time
 
-# tensorflow_hub's KerasLayer is a Keras 2 layer: ask for Keras 2 (tf-keras) before TensorFlow is imported,
-# and for fewer start-up messages (TF_CPP_MIN_LOG_LEVEL=0 shows them all).
+# TF Hub's KerasLayer is written for Keras 2, which TensorFlow calls tf-keras: ask for it before
+# TensorFlow loads. The next two lines hide TensorFlow's start-up messages (0 shows them all) and
+# let it reuse memory from one batch to the next, which is faster on a CPU.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# The BFC allocator reuses one batch's memory for the next: the default made the feature pass 3x slower.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 try:
     import matplotlib.pyplot as plt
     import numpy as np
     import tensorflow as tf
     import tensorflow_hub as hub
-except KeyboardInterrupt:  # Ctrl-C while TensorFlow loads
+    from PIL import Image, ImageOps
+except KeyboardInterrupt:  # Ctrl-C in the seconds TensorFlow takes to load: stop, quietly
     print("Interrupted.", file=sys.stderr)
     sys.exit(130)
-try:  # LiteRT, MobileNet's own runtime, has no wheels for some platforms
-    from ai_edge_litert.interpreter import Interpreter as LiteRT
-except ImportError:
-    LiteRT = None
 
-# MobileNetV2 trained on ImageNet, as a feature vector: 224x224 images in [0, 1] in, 1280 numbers out.
+# MobileNetV2 trained on ImageNet, as a feature vector: 224x224 images in [0, 1] in, 1280 out.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
-CIFAR10_CAT, CIFAR10_DOG = 3, 5
-INFERENCE_BATCH_SIZE = 32  # for running the network: on a CPU, 15% faster than 64
-LITERT_MIN_IMAGES = 1000  # converting for LiteRT takes about 5 s: it pays from about this many
-OCCLUSION_GRID = 4  # where_it_looks.png hides each of 4x4 patches in turn
-AUTOTUNE = tf.data.AUTOTUNE
+CIFAR10_CAT, CIFAR10_DOG = 3, 5  # CIFAR-10's numbers for its cat and dog classes
+BATCH = 32  # images per batch when the network only looks, without learning
 
-# 1. Data ----------------------------------------------------------------------
-# A split is a pair (x, y): x holds images (CIFAR-10's arrays) or image file paths, y the class numbers.
+
+def run_lesson(args, run_dir, results):
+    """The lesson, step by step. Before it, main() (at the end of the file) read the options in
+    args, seeded the random numbers and made run_dir, the folder for this run's files."""
+    print(f"Running on the {device()}.")
+    step("1. Data")
+    splits, classes = load_data(args, results)
+    datasets = {}  # tf.data pipelines that read and resize each split's images as needed
+    for name, (x, y, _) in splits.items():
+        datasets[name] = make_dataset(x, y, args.image_size)
+    show_data(splits["train"], datasets["train"], classes, os.path.join(run_dir, "data.png"))
+    step("2. Model")
+    module = load_module(args.model_handle, args.image_size)  # hub.load(handle), and checks
+    model, base, extractor, head = build_model(module, args.image_size, len(classes), args.dropout)
+    step("3. Bottleneck features")
+    features = compute_features(extractor, datasets, splits, args, results)
+    step("4. Training the head")
+    history = train_head(head, features, splits, classes, args, results)
+    step("5. Evaluation")
+    test = evaluate(head, features["test"], splits["test"], classes, run_dir, results)
+    step("6. Plots")
+    plot_results(model, [history], test, splits["test"], classes, args.image_size, run_dir)
+    step("7. Export")
+    export_model(model, classes, splits["test"], test, args.image_size, run_dir, results)
+    if args.fine_tune_epochs or args.augment:  # the extra lesson, after this one (section 8)
+        train_on_images(model, base, splits, datasets, history, classes, args, run_dir, results)
+    if args.tflite:  # an extra lesson: a model for phones
+        export_tflite(model, splits["test"], test, args.image_size, run_dir, results)
+    print_what_to_try_next(results)
+
+
+# 1. Data --------------------------------------------------------------------------------------
+# A split is (x, y, names): the images (CIFAR-10's pixels, or your photos' file paths), their
+# labels (class numbers: 0 = cat, 1 = dog) and a name for each, to find it in predictions.csv.
+def load_data(args, results):
+    """Training, validation and test splits. The test images stay unseen until step 5."""
+    if args.data_dir is not None:  # your own photos: see "Your own photos", after the lessons
+        splits, classes = load_photos(args.data_dir, results)
+    else:
+        splits, classes = load_cifar10_cats_and_dogs()
+    check_classes_can_be_split(splits, classes, args)  # enough images in every class?
+    for name in ("validation", "test"):  # CIFAR-10 has no validation split: carve one out
+        if name not in splits:
+            splits["train"], splits[name] = carve(splits["train"], args.validation_split, args.seed)
+    for name in ("train", "validation", "test"):
+        if args.max_images and len(splits[name][1]) > args.max_images:  # a quick run: a sample
+            _, splits[name] = carve(splits[name], args.max_images / len(splits[name][1]), args.seed)
+        y = splits[name][1]
+        counts = [f"{np.sum(y == label)} {c}" for label, c in enumerate(classes)]
+        print(f"{name:>10}: {len(y):5d} images ({', '.join(counts)})")
+        results[f"num_{name}"] = len(y)
+    if args.data_dir is not None:
+        warn_about_copies_across_splits(splits, results)
+    results.update(classes=classes, data=args.data_dir or "CIFAR-10")
+    return {name: splits[name] for name in ("train", "validation", "test")}, classes
+
 def load_cifar10_cats_and_dogs():
-    """CIFAR-10's cats (3) and dogs (5), relabelled 0 = cat, 1 = dog."""
+    """CIFAR-10's 32x32 photos of cats and dogs: 10000 for training, 2000 for testing."""
     splits = {}
-    for name, (x, y) in zip(("train", "test"), tf.keras.datasets.cifar10.load_data()):
-        keep = np.isin(y[:, 0], (CIFAR10_CAT, CIFAR10_DOG))
-        splits[name] = (x[keep], (y[keep, 0] == CIFAR10_DOG).astype(np.int64))
+    for name, (x, y) in zip(["train", "test"], download_cifar10()):  # 160 MB, the first time
+        y = y.flatten()  # Keras gives the labels as a column: [[3], [5], ...]
+        keep = np.flatnonzero((y == CIFAR10_CAT) | (y == CIFAR10_DOG))
+        names = np.array([f"CIFAR-10 {name} image {i}" for i in keep])
+        splits[name] = (x[keep], (y[keep] == CIFAR10_DOG).astype(np.int64), names)  # dog: 1
     return splits, ["cat", "dog"]
 
-def read_image(path):
-    """Any JPEG, PNG, BMP, GIF or WebP becomes an RGB uint8 image (grey, alpha and palettes too)."""
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+def carve(split, fraction, seed):
+    """(rest, carved): the same fraction of every class carved out at random, at least one image
+    of each. "Stratified": every class keeps its share, however small. The same seed, the same."""
+    labels, rng, carved = split[1], np.random.default_rng(seed), []
+    for label in np.unique(labels):
+        of_class = rng.permutation(np.flatnonzero(labels == label))  # this class's, shuffled
+        carved.extend(of_class[:max(1, round(len(of_class) * fraction))])
+    rest = [i for i in range(len(labels)) if i not in set(carved)]
+    return subset(split, rest), subset(split, sorted(carved))
 
-def scale_and_resize(image, image_size):
-    """Float pixels in [0, 1], as TF Hub image modules take them, at image_size square. The network
-    learned on 224x224 photos: upscaling CIFAR's 32x32 images shows it objects at the scale it knows.
-    Floats first: convert_image_dtype divides by 255 only while the pixels are integers."""
-    return tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), (image_size, image_size))
+def subset(split, indices):
+    return split[0][indices], split[1][indices], split[2][indices]  # x, y and names
 
-def make_dataset(x, y, image_size, batch_size, shuffle=False, augment=False, seed=0):
-    """A tf.data pipeline that decodes, scales and resizes on the fly: nothing is stored
-    upscaled (12000 images at 224x224 in float32 would be 7 GB)."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed)
-    if x.dtype.kind == "U":  # file paths, not pixels
-        ds = ds.map(lambda path, label: (read_image(path), label), num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda image, label: (scale_and_resize(image, image_size), label),
-                num_parallel_calls=AUTOTUNE).batch(batch_size)
-    if augment:  # an extra lesson: random flips, small rotations and zooms make new variants every epoch.
-        # In the pipeline, not the model: the exported model stays a plain classifier.
-        augmenter = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
-                                         tf.keras.layers.RandomRotation(0.05), tf.keras.layers.RandomZoom(0.1)])
-        ds = ds.map(lambda images, labels: (augmenter(images, training=True), labels), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+def make_dataset(x, y, image_size, batch_size=BATCH, shuffle_seed=None):
+    """Batches of (images, labels) from tf.data, which reads, scales and resizes each image when it
+    is needed: nothing is kept upscaled (12000 images at 224x224 in float32 would take 7 GB), and
+    prefetch prepares the next batch while the network works on this one."""
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:  # a new order every epoch, to train on images (section 8)
+        dataset = dataset.shuffle(len(y), seed=shuffle_seed)
+    if isinstance(x[0], str):  # file paths: read_photo is in "Your own photos"
+        dataset = dataset.map(read_photo_op(image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda image, label: (scale_and_resize(image, image_size), label),
+                          num_parallel_calls=tf.data.AUTOTUNE)  # AUTOTUNE: on as many cores
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-# 2. Model ---------------------------------------------------------------------
-def build_model(handle, image_size, num_classes, dropout):
-    """The frozen base, and three Keras models that share its layers and the head's.
+def scale_and_resize(images, image_size):
+    """Pixels from 0-255 integers to floats in [0, 1], as TF Hub's image modules take them, and
+    image_size pixels square: MobileNetV2 learned on 224x224 photos. Upscaled, CIFAR's 32x32 images
+    show it objects at a size it knows; shrunk with antialias, a photo's pixels are averaged."""
+    images = tf.image.convert_image_dtype(images, tf.float32)  # divides by 255
+    return tf.image.resize(images, (image_size, image_size), antialias=True)
 
-    model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export.
-    extractor  images -> MobileNetV2 features: run once per image.
-    head       features -> Dropout -> Dense: what we train; it shares those layers, so it trains the model too.
-    Dropout hides random features in training, so the head cannot lean on a few (1280 inputs, a few thousand images).
-    """
+def stored_image(x, image_size):
+    return read_photo(x, image_size) if isinstance(x, str) else x  # a photo is read from its file
+
+def show_data(train, dataset, classes, path):
+    """Look before training: a batch's shape, and data.png with two training images of each class
+    (8 classes at most), as stored and as the network gets them."""
+    images = next(iter(dataset))[0].numpy()
+    size, rows = images.shape[1], min(8, len(classes))
+    print(f"The network gets batches of shape {images.shape} (images, height, width, colours), "
+          f"values from {images.min():.2f} to {images.max():.2f}.")
+    fig, axes = plt.subplots(rows, 4, figsize=(11, 2.8 * rows), squeeze=False, layout="constrained",
+                             subplot_kw=dict(xticks=[], yticks=[]))
+    for label in range(rows):
+        for k, i in enumerate(np.flatnonzero(train[1] == label)[:2]):
+            stored = stored_image(train[0][i], size)
+            axes[label, 2 * k].imshow(stored, interpolation="nearest")  # every stored pixel shows
+            axes[label, 2 * k].set_title(f"{classes[label]}: {stored.shape[1]}x{stored.shape[0]}")
+            axes[label, 2 * k + 1].imshow(scale_and_resize(stored, size))
+            axes[label, 2 * k + 1].set_title(f"as the network gets it: {size}x{size}")
+    fig.savefig(path)
+
+
+# 2. Model -------------------------------------------------------------------------------------
+def build_model(module, image_size, num_classes, dropout):
+    """The frozen base under a new head, as three Keras models built from the same layers (the
+    same drop and classify objects), so that they share the weights:
+    model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export;
+    extractor  images -> MobileNetV2 features: what runs once per image (step 3);
+    head       features -> Dropout -> Dense: what we train (step 4), which trains model too."""
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
-    base = hub.KerasLayer(handle, trainable=False, name="mobilenet_v2")
-    # training=False keeps BatchNorm in inference mode even when fine-tuning: on a small
-    # dataset, updating its ImageNet statistics would wreck the features already learned.
+    # trainable=False: the base keeps what ImageNet taught it, whatever we train.
+    base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
+    # BatchNorm layers inside scale each layer's outputs by averages learned on ImageNet.
+    # training=False keeps those averages even when fine-tuning (section 8).
     features = base(images, training=False)
+    # Dropout hides random features at each training step: the head cannot lean on just a few.
     drop = tf.keras.layers.Dropout(dropout, name="dropout")
+    # One score per class; softmax turns the scores into probabilities that add up to 1.
     classify = tf.keras.layers.Dense(num_classes, activation="softmax", name="classifier")
     model = tf.keras.Model(images, classify(drop(features)), name="classifier_model")
     extractor = tf.keras.Model(images, features, name="feature_extractor")
     feature_input = tf.keras.Input(shape=features.shape[1:], name="features")
     head = tf.keras.Model(feature_input, classify(drop(feature_input)), name="head")
+    model.summary()  # millions of frozen weights, a few thousand trainable ones on top
     return model, base, extractor, head
 
+
+# 3. Bottleneck features -----------------------------------------------------------------------
+# The central idea. The "bottleneck" is the base's last layer: the 1280 numbers it boils an image
+# down to. Frozen, the base gives an image the same numbers every time, so we run it once per image
+# and train the head on the numbers: seconds per epoch instead of minutes. For the same reason the
+# numbers are kept on disk: a later run on the same images and module reads them back instead.
+def compute_features(extractor, datasets, splits, args, results):
+    """{split: features}, one row of numbers per image, each image through the frozen base once."""
+    kept_file = feature_file(splits, args)  # where they are kept; see "Speed-ups"
+    features = read_kept_features(kept_file, results)  # None, unless an earlier run kept them
+    if features is None:
+        predict = extractor.predict  # or on a CPU the same network in LiteRT, twice as fast:
+        if use_litert(args, splits, results):  # see "Speed-ups"
+            predict = litert_predict(extractor)
+        features = {}
+        for name, images in datasets.items():
+            progress = show_progress(name, len(splits[name][1]))  # images per second as it goes
+            features[name] = predict(images, verbose=0, callbacks=[progress])
+        keep_features(features, kept_file)
+    for name, numbers in features.items():
+        print(f"{name:>10}: features of shape {numbers.shape}")
+    print(f"Each image is now {features['train'].shape[1]} numbers, each telling how strongly a "
+          "pattern MobileNetV2 learned to see (fur, an eye, a wheel...) shows in it.")
+    return features
+
+
+# 4. Training the head -------------------------------------------------------------------------
+def train_head(head, features, splits, classes, args, results):
+    """The head learns the classes from the features, in shuffled batches, --epochs times over."""
+    training = tf.data.Dataset.from_tensor_slices((features["train"], splits["train"][1]))
+    training = training.shuffle(len(features["train"]), seed=args.seed).batch(args.batch_size)
+    validation = (features["validation"], splits["validation"][1])
+    compile_for_training(head, args.learning_rate)
+    before = head.evaluate(*validation, verbose=0, return_dict=True)["accuracy"]
+    print(f"Validation accuracy before training: {before:.3f} (chance: {1 / len(classes):.3f}).\n"
+          "Each epoch shows loss and accuracy on the training features, val_loss and "
+          "val_accuracy on the validation features.")
+    history = fit_keeping_the_best_epoch(head, training, validation, args.epochs)
+    kept = int(np.argmin(history["val_loss"]))
+    train_accuracy, val_accuracy = history["accuracy"][kept], history["val_accuracy"][kept]
+    print(f"Kept epoch {kept + 1}: training accuracy {train_accuracy:.3f}, validation "
+          f"{val_accuracy:.3f}. Training far above validation would mean the head memorises its "
+          "images instead of learning the classes: overfitting. (Training accuracy is measured "
+          "with dropout hiding features, so it can also come out lower.)")
+    results.update(accuracy_before_training=before, kept_epoch=kept + 1,
+                   train_accuracy=train_accuracy, val_accuracy=val_accuracy)
+    return history
+
 def compile_for_training(model, learning_rate):
+    """Adam changes the weights to lower the loss, sparse categorical cross-entropy: the mean of
+    -log(probability given to the true class). "Sparse": the labels are class numbers (1), not
+    "one-hot" rows ([0, 1])."""
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
-# 3. Bottleneck features -------------------------------------------------------
-# The central idea. The "bottleneck" is the base's last layer: the 1280 features it boils each image down to. Frozen,
-# the base gives an image the same features in every epoch. Running MobileNetV2 is nearly all the work, so we run it
-# once per image, keep the features (5 KB each), and train the head on them: seconds an epoch, not minutes.
-# run_lesson keeps them; the functions below choose and run what computes them.
-def choose_feature_runtime(wanted, num_images, device):
-    """LiteRT on a CPU when there are enough images to repay converting the network."""
-    if wanted == "auto":
-        wanted = "litert" if device == "CPU" and num_images >= LITERT_MIN_IMAGES else "keras"
-    if wanted == "litert" and LiteRT is None:
-        print("warning: LiteRT is not installed (pip install ai-edge-litert); "
-              "computing the features with Keras", file=sys.stderr)
-        return "keras"
-    return wanted
-
-def feature_function(extractor, runtime):
-    """A function from a dataset of images to their features, run by Keras or by LiteRT. MobileNet was designed for
-    phones, and LiteRT (formerly TensorFlow Lite) is its native runtime: on a CPU it runs the same network about twice
-    as fast. The features agree to float rounding (2e-5), so the head learns the same from either."""
-    if runtime == "keras":
-        return extractor.predict
-    traced = tf.function(extractor).get_concrete_function(tf.TensorSpec(extractor.input_shape, tf.float32))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([traced], extractor)
-    converter.experimental_lower_to_saved_model = False  # a frozen graph: 5 s, not 20 s via a SavedModel
-    interpreter = LiteRT(model_content=converter.convert(), num_threads=os.cpu_count())
-    (images_in,), (features_out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    def run(batch):
-        interpreter.resize_tensor_input(images_in["index"], batch.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(images_in["index"], batch)
-        interpreter.invoke()
-        return interpreter.get_tensor(features_out["index"])
-    return lambda images: np.concatenate([run(x.numpy()) for x, _ in images])
-
-# 4. Training the head on the features -----------------------------------------
-def train(model, train_data, val_data, epochs):
-    """model.fit, keeping the weights of the epoch with the lowest validation loss. Chosen on
-    validation data, never on the test images: those stay unseen to tell honestly how it does on
-    new photos. Loss, not accuracy: many epochs tie on accuracy. patience=epochs: never stops early."""
+def fit_keeping_the_best_epoch(model, training, validation, epochs):
+    """model.fit, then back to the weights of the epoch with the lowest validation loss: Keras'
+    EarlyStopping does that with restore_best_weights, and with patience=epochs it never stops
+    early. Chosen on validation images, never on test images: those stay unseen to tell honestly
+    how the model does on new photos."""
     keep_best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
                                                  restore_best_weights=True, verbose=1)
-    return model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=[keep_best]).history
+    return model.fit(training, validation_data=validation, epochs=epochs,
+                     callbacks=[keep_best]).history
 
-def best_epoch_val_accuracy(history):
-    """The validation accuracy of the epoch whose weights were kept."""
-    return history["val_accuracy"][int(np.argmin(history["val_loss"]))]
 
-# 5. Evaluation ----------------------------------------------------------------
-def evaluate(model, test_data, y_test, num_classes):
-    """Accuracy, loss and confusion matrix on test data the model has never seen."""
-    probabilities = model.predict(test_data, verbose=0)
-    predicted = probabilities.argmax(axis=1)
-    return dict(probabilities=probabilities, accuracy=float(np.mean(predicted == y_test)),
-                loss=float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(y_test, probabilities))),
-                confusion=tf.math.confusion_matrix(y_test, predicted, num_classes=num_classes).numpy())
+# 5. Evaluation --------------------------------------------------------------------------------
+def evaluate(model, inputs, test, classes, run_dir, results):
+    """Accuracy on the test images, with its uncertainty and per class; predictions.csv."""
+    probabilities = model.predict(inputs, verbose=0)
+    labels, predicted = test[1], probabilities.argmax(axis=1)
+    loss = float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(labels, probabilities)))
+    accuracy, (low, high) = np.mean(predicted == labels), accuracy_interval(predicted, labels)
+    print(f"Test accuracy {accuracy:.4f} on {len(labels)} images, loss {loss:.4f}. On another "
+          f"{len(labels)} images it could well be anything from {low:.3f} to {high:.3f} (a 95% "
+          "interval): two runs whose test accuracies differ by less are a tie.")
+    confusion = tf.math.confusion_matrix(labels, predicted, num_classes=len(classes)).numpy()
+    per_class = {}
+    for label, name in enumerate(classes):
+        per_class[name] = float(confusion[label, label] / max(1, confusion[label].sum()))
+        print(f"{name:>10}: {per_class[name]:.3f} of {confusion[label].sum()} right")
+    print(f"Confusion matrix (rows: true class, columns: predicted):\n{confusion}")
+    write_predictions(test, probabilities, classes, os.path.join(run_dir, "predictions.csv"))
+    results.update(test_accuracy=float(accuracy), test_accuracy_95=[low, high], test_loss=loss,
+                   per_class_accuracy=per_class, confusion_matrix=confusion.tolist())
+    return dict(probabilities=probabilities, confusion=confusion)
 
-def occlusion_map(model, images, patch):
-    """How much each image's predicted-class probability drops with a grey patch at each place.
 
-    Occlusion sensitivity (Zeiler and Fergus, 2014): hide one patch at a time and see how much less
-    sure the model gets. Where it drops most is what the model looked at: the animal, or the
-    background? No gradients needed, so it works for any module. A coarse localisation from a
-    classifier, not a detector; CIFAR's 32x32 images make it coarser still. Returns [N, rows, cols].
-    """
-    n, cells = len(images), images.shape[1] // patch
-    copies = np.repeat(images[:, None], cells * cells, axis=1)  # [N, cells * cells, S, S, 3]
-    for k, (row, col) in enumerate(np.ndindex(cells, cells)):
-        copies[:, k, row * patch:(row + 1) * patch, col * patch:(col + 1) * patch] = 0.5
-    before = model.predict(images, verbose=0)
-    predicted = before.argmax(axis=1)
-    after = model.predict(copies.reshape(-1, *images.shape[1:]), batch_size=INFERENCE_BATCH_SIZE, verbose=0)
-    p_before = before[np.arange(n), predicted]  # [N]: each image's predicted class
-    p_after = after.reshape(n, cells * cells, -1)[np.arange(n), :, predicted]  # [N, cells * cells]
-    return (p_before[:, None] - p_after).reshape(n, cells, cells)
+# 6. Plots -------------------------------------------------------------------------------------
+def plot_results(model, histories, test, split, classes, image_size, run_dir):
+    """history.png: loss and accuracy per epoch (validation falling behind training as the epochs
+    go on is overfitting); confusion_matrix.png; predictions.png: test images with what the model
+    says; where_it_looks.png: which parts of them it needs. Drawn by the functions that follow."""
+    plot_history(histories, os.path.join(run_dir, "history.png"))
+    plot_confusion_matrix(test["confusion"], classes, os.path.join(run_dir, "confusion_matrix.png"))
+    picks = pick_examples(split[1], test["probabilities"].argmax(axis=1), 16)  # right and wrong
+    x, labels, _ = subset(split, picks)
+    images = next(iter(make_dataset(x, labels, image_size, batch_size=16)))[0].numpy()
+    probabilities = test["probabilities"][picks]
+    plot_predictions(images, labels, probabilities, classes, f"{run_dir}/predictions.png")
+    plot_where_it_looks(model, images[:8], labels[:8], probabilities[:8], classes,
+                        f"{run_dir}/where_it_looks.png")
 
-def pick_examples(labels, predicted, count):
-    """Up to count indices: wrong and right predictions of every class, in turn."""
-    groups = [np.flatnonzero((labels == c) & ((predicted == labels) == right))
-              for right in (False, True) for c in np.unique(labels)]
-    return np.array([g[i] for i in range(len(labels)) for g in groups if i < len(g)][:count], int)
 
-# 6. Plots ---------------------------------------------------------------------
-def plot_history(history, fine_tune_start, path):
+# 7. Export ------------------------------------------------------------------------------------
+def export_model(model, classes, test, evaluated, image_size, run_dir, results):
+    """model/: a SavedModel, TensorFlow's file format for a model and its weights, which any
+    TensorFlow program or TF Serving runs without Keras or TF Hub. Its one function, serve(),
+    takes photos as they come, uint8 RGB pixels [N, H, W, 3] of any size, and scales and resizes
+    them itself, as in training: nobody can feed it differently prepared images by mistake."""
+    archive = tf.keras.export.ExportArchive()
+    archive.track(model)  # its weights
+    archive.add_endpoint("serve", lambda images: model(scale_and_resize(images, image_size)),
+                         [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    tf.keras.utils.disable_interactive_logging()  # else it lists every weight
+    archive.write_out(os.path.join(run_dir, "model"))
+    tf.keras.utils.enable_interactive_logging()
+    with open(os.path.join(run_dir, "labels.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(name + "\n" for name in classes))
+    check_export(run_dir, test, evaluated["probabilities"], image_size, results)  # reloaded
+
+
+# The lesson's helpers, in the order it calls them ------------------------------------------
+import argparse  # noqa: E402  (the lesson needs only the imports at the top; these, the rest)
+import csv  # noqa: E402
+import filecmp  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+def device():
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU
+
+def download_cifar10():
+    try:
+        return tf.keras.datasets.cifar10.load_data()
+    except Exception as e:
+        fail(f"could not download CIFAR-10 ({type(e).__name__}); offline, use your own images: "
+             "--data-dir DIR")
+
+def check_classes_can_be_split(splits, classes, args):
+    """Each class needs a training image, and one for each split carved out of the training ones."""
+    carved = [name for name in ("validation", "test") if name not in splits]
+    for label, name in enumerate(classes):
+        count = int(np.sum(splits["train"][1] == label))
+        if count <= len(carved):
+            fail(f"class {name} has {count} image(s) in {args.data_dir}; it needs at least "
+                 f"{len(carved) + 1}, one for training and one for each split carved out of it")
+    if args.max_images is not None and args.max_images < len(classes):
+        fail(f"--max-images {args.max_images} is fewer than the {len(classes)} classes; give at "
+             f"least {len(classes)}, so that every class keeps an image")
+
+def load_module(handle, image_size):
+    """hub.load(handle), or one line saying why the module cannot be used."""
+    try:
+        module = hub.load(handle)
+    except Exception as e:
+        fail(why_the_module_cannot_load(handle, type(e).__name__))
+    try:
+        features = module(tf.zeros([1, image_size, image_size, 3])).numpy()
+    except Exception:
+        fail(f"the module {handle} does not take {image_size}x{image_size} images; set "
+             "--image-size to its own")
+    if features.ndim != 2 or features.shape[1] in (1000, 1001) or np.allclose(features.sum(1), 1):
+        fail(f"the module {handle} returns {features.shape}: a feature map or class scores, not a "
+             f"feature vector; use a feature-vector module such as {DEFAULT_HANDLE}")
+    return module
+
+def why_the_module_cannot_load(handle, error):
+    if "://" not in handle:
+        return (f"cannot load --model-handle {handle} ({error}); give a folder holding a TF2 "
+                "SavedModel (saved_model.pb)")
+    cached = os.path.join(hub.resolver.tfhub_cache_dir(use_temp=True),
+                          hashlib.sha1(handle.encode("utf8")).hexdigest())
+    if os.path.isdir(cached):  # TF Hub never downloads a handle again while its folder exists
+        return (f"TF Hub's copy of {handle} in {cached} cannot be loaded ({error}); a download was "
+                "probably cut short: delete that folder and run again")
+    return (f"cannot load --model-handle {handle} ({error}); to run offline use a local path as "
+            "--model-handle, or the module placed in $TFHUB_CACHE_DIR, and --data-dir instead of "
+            "the CIFAR-10 download")
+
+def accuracy_interval(predicted, labels, z=1.96):
+    """Wilson's 95% interval around an accuracy measured on a few images."""
+    n, p = len(labels), np.mean(predicted == labels)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+def write_predictions(test, probabilities, classes, path):
+    """predictions.csv: every test image, wrong ones first, the most confident mistakes on top."""
+    _, labels, names = test
+    predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    order = sorted(range(len(labels)), key=lambda i: (predicted[i] == labels[i], -confidence[i]))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        rows = csv.writer(f)
+        rows.writerow(["file", "true_class", "predicted_class", "confidence"])
+        for i in order:
+            rows.writerow([names[i], classes[labels[i]], classes[predicted[i]],
+                           f"{confidence[i]:.4f}"])
+    worst = [f"{names[i]} ({classes[labels[i]]}, taken for {classes[predicted[i]]} "
+             f"{confidence[i]:.0%})" for i in order[:3] if predicted[i] != labels[i]]
+    print("Most confident mistakes (all in predictions.csv): " + ("; ".join(worst) or "none"))
+
+def plot_history(histories, path):
+    """Loss and accuracy per epoch: validation falling behind training as the epochs go on is
+    overfitting. A star marks the epoch kept; training on images (section 8) starts from there."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        ax.plot(epochs, history[metric], "o-", label="train")
-        ax.plot(epochs, history["val_" + metric], "o-", label="validation")
-        if fine_tune_start:
-            ax.axvline(fine_tune_start + 0.5, color="grey", linestyle="--", label="fine-tuning starts")
-        ax.set(title=metric.capitalize(), xlabel="epoch")
-        ax.legend()
-    fig.savefig(path)
-
-def plot_predictions(images, labels, probabilities, classes, path, heatmaps=None, title=None):
-    """Test images titled with predicted class and confidence, green if right, red if wrong;
-    occlusion maps laid over them, if given: red where hiding a patch lowered the prediction most."""
-    rows = int(np.ceil(len(images) / 4))
-    fig, axes = plt.subplots(rows, 4, figsize=(10, 2.75 * rows), squeeze=False, layout="constrained")
-    for k, (ax, image, label, p) in enumerate(zip(axes.flat, images, labels, probabilities)):
-        ax.imshow(image)
-        if heatmaps is not None:
-            edge = image.shape[0] - 0.5
-            ax.imshow(heatmaps[k], cmap="jet", alpha=0.4, extent=(-0.5, edge, edge, -0.5), interpolation="bilinear")
-        ax.set_title(f"{classes[p.argmax()]} {p.max():.0%}\n(true: {classes[label]})",
-                     color="green" if p.argmax() == label else "red", fontsize=10)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(title)
+    start = 0
+    for phase, history in zip(["head", "images"], histories):
+        epochs = start + np.arange(1, len(history["loss"]) + 1)
+        kept = np.argmin(history["val_loss"])
+        for ax, metric in zip(axes, ["loss", "accuracy"]):
+            ax.plot(epochs, history[metric], "o-", label=f"{phase}: training")
+            ax.plot(epochs, history["val_" + metric], "o-", label=f"{phase}: validation")
+            ax.plot(epochs[kept], history["val_" + metric][kept], "k*", markersize=14)
+            ax.set(title=metric.capitalize(), xlabel="epoch (star: the one kept)")
+            ax.legend()
+        start = epochs[kept]
     fig.savefig(path)
 
 def plot_confusion_matrix(confusion, classes, path):
-    fig, ax = plt.subplots(figsize=(2 + len(classes), 1.5 + len(classes)), layout="constrained")
+    size = 2 + 0.5 * len(classes) + 0.07 * max(map(len, classes))  # room for long class names
+    fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
     ax.imshow(confusion, cmap="Blues", vmin=0)
-    for (i, j), count in np.ndenumerate(confusion):
-        ax.text(j, i, count, ha="center", va="center", color="white" if count > confusion.max() / 2 else "black")
+    for (row, col), count in np.ndenumerate(confusion):
+        ax.text(col, row, count, ha="center", va="center",
+                color="white" if count > confusion.max() / 2 else "black")
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
            yticklabels=classes, xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     fig.savefig(path)
 
-# 7. Export --------------------------------------------------------------------
-def export_model(model, classes, work_dir, images, probabilities, tolerance):
-    """Save the model and its labels, reload them and check on images that it predicts as before. model.export keeps
-    just the forward pass, as serve(images): any TensorFlow program (or TF Serving) runs it without Keras or TF Hub."""
-    tf.keras.utils.disable_interactive_logging()  # else export lists every variable
-    model.export(os.path.join(work_dir, "model"))
-    tf.keras.utils.enable_interactive_logging()
-    tf.io.write_file(os.path.join(work_dir, "labels.txt"), "".join(c + "\n" for c in classes))
-    reloaded = tf.saved_model.load(os.path.join(work_dir, "model"))  # keep it: serve() uses its variables
-    again = reloaded.serve(images).numpy()
-    check = dict(images=len(images), same_class=float(np.mean(again.argmax(1) == probabilities.argmax(1))),
-                 largest_difference=float(np.abs(again - probabilities).max()), tolerance=tolerance)
-    check["passed"] = check["same_class"] == 1 and check["largest_difference"] <= tolerance
-    print(f"Reloaded model/: same class for {check['same_class']:.0%} of {len(images)} test images, "
-          f"probabilities within {check['largest_difference']:.1e}.")
-    if not check["passed"]:
-        print(f"warning: the exported model differs from the trained one by more than {tolerance} "
-              "(see export_check in metrics.json); the run is kept", file=sys.stderr)
-    return check
+def pick_examples(labels, predicted, count):
+    """Up to count test images to show: wrong and right ones of every class, taken in turn."""
+    groups = []
+    for right in (False, True):
+        for label in np.unique(labels):
+            of_class = (labels == label) & ((predicted == labels) == right)
+            groups.append(list(np.flatnonzero(of_class)))
+    picks = []
+    while len(picks) < count and any(groups):
+        for group in groups:
+            if group and len(picks) < count:
+                picks.append(group.pop(0))
+    return picks
 
-# The lesson in order: the table of contents -----------------------------------
-def run_lesson(args, work_dir, results):
-    """Every step of the lesson, in order; the files go into work_dir, the numbers into results."""
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU itself
-    print(f"Running on {device}." + (" (No GPU found: TF_CPP_MIN_LOG_LEVEL=0 shows why.)" if device == "CPU" else ""))
-    step("1. Data")  # CIFAR-10's cats and dogs or your photos, split three ways (load_data, below)
-    splits, classes = load_data(args, results)
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits.values()
-    datasets = {name: make_dataset(x, y, args.image_size, INFERENCE_BATCH_SIZE) for name, (x, y) in splits.items()}
-    step("2. Model")  # only the head's Dense layer has trainable weights
-    model, base, extractor, head = build_checked_model(args, len(classes))
-    model.summary()
-    step("3. Bottleneck features")  # with --augment only the test images': training images change every epoch
-    feature_splits = ["test"] if args.augment else ["train", "validation", "test"]
-    runtime = choose_feature_runtime(args.features_with, sum(len(splits[s][1]) for s in feature_splits), device)
-    print(f"Computing MobileNetV2 features, once per image, with {runtime}:")
-    features_of = feature_function(extractor, runtime)
-    features = {name: features_of(datasets[name]) for name in feature_splits}
-    step("4. Training the head")
-    if args.augment:  # an extra lesson: the head learns from changing images, through the frozen base
-        to_train, val_data = model, datasets["validation"]
-        train_data = make_dataset(x_train, y_train, args.image_size, args.batch_size, shuffle=True, augment=True,
-                                  seed=args.seed)
-    else:
-        to_train = head
-        train_data = (tf.data.Dataset.from_tensor_slices((features["train"], y_train))
-                      .shuffle(len(y_train), seed=args.seed).batch(args.batch_size))
-        val_data = tf.data.Dataset.from_tensor_slices((features["validation"], y_val)).batch(args.batch_size)
-    compile_for_training(to_train, args.learning_rate)
-    results["accuracy_before_training"] = to_train.evaluate(val_data, verbose=0, return_dict=True)["accuracy"]
-    print(f"Validation accuracy before training: {results['accuracy_before_training']:.3f} "
-          f"(chance is about {1 / len(classes):.3f})")
-    history = train(to_train, train_data, val_data, args.epochs)
-    results["val_accuracy"] = {"after_head": best_epoch_val_accuracy(history)}
-    fine_tune_start = None
-    if args.fine_tune_epochs:  # an extra lesson: unfreezing changes the base, and so its features
-        results["head_test_accuracy"] = evaluate(head, features["test"], y_test, len(classes))["accuracy"]
-        history, fine_tune_start = fine_tune(model, base, splits, datasets, args, results, history)
-    step("5. Evaluation")  # test images' features through the head, or the images through the whole model
-    result = (evaluate(model, datasets["test"], y_test, len(classes)) if args.fine_tune_epochs
-              else evaluate(head, features["test"], y_test, len(classes)))
-    print(f"Test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on {len(y_test)} images")
-    print("Confusion matrix (rows: true class, columns: predicted):\n", result["confusion"])
-    results.update(test_accuracy=result["accuracy"], test_loss=result["loss"],
-                   confusion_matrix=result["confusion"].tolist(), features_with=runtime, device=device)
-    sample = next(iter(datasets["test"]))[0].numpy()  # the first batch of test images, as in y_test
-    sample_labels, sample_probabilities = y_test[:len(sample)], result["probabilities"][:len(sample)]
-    picks = pick_examples(sample_labels, sample_probabilities.argmax(1), 8)
-    heatmaps = occlusion_map(model, sample[picks], args.image_size // OCCLUSION_GRID)
-    step("6. Plots")
-    plot_history(history, fine_tune_start, os.path.join(work_dir, "history.png"))
-    plot_predictions(sample[:16], sample_labels[:16], sample_probabilities[:16], classes,
-                     os.path.join(work_dir, "predictions.png"))
-    plot_confusion_matrix(result["confusion"], classes, os.path.join(work_dir, "confusion_matrix.png"))
-    plot_predictions(sample[picks], sample_labels[picks], sample_probabilities[picks], classes,
-                     os.path.join(work_dir, "where_it_looks.png"), heatmaps,
-                     "Where it looks: red where a grey patch lowers the prediction most")
-    step("7. Export")  # the sample through the reloaded model: it differs by float rounding (TF32 on a GPU)
-    tolerance = 1e-2 if device == "GPU" else 1e-3
-    results["export_check"] = export_model(model, classes, work_dir, sample, sample_probabilities, tolerance)
-    if args.tflite:
-        results["tflite_agreement"] = export_tflite(model, work_dir, sample, sample_probabilities)
+def plot_predictions(images, labels, probabilities, classes, path=None):
+    """Test images, each titled with the predicted class and its probability: green if right."""
+    rows = int(np.ceil(len(images) / 4))
+    fig, axes = plt.subplots(rows, 4, figsize=(11, 3 * rows), squeeze=False, layout="constrained",
+                             subplot_kw=dict(xticks=[], yticks=[]))
+    for ax, image, label, p in zip(axes.flat, images, labels, probabilities):
+        ax.imshow(image)
+        ax.set_title(f"{classes[p.argmax()]} {p.max():.0%} (true: {classes[label]})", fontsize=9,
+                     color="green" if p.argmax() == label else "red")
+    if path:
+        fig.savefig(path)
+    return fig, axes
 
-# Extra lessons ----------------------------------------------------------------
-def fine_tune(model, base, splits, datasets, args, results, history):
-    """Unfreeze the base and nudge all of its weights towards our classes.
+def plot_where_it_looks(model, images, labels, probabilities, classes, path):
+    """Each image's occlusion map over it, all on one colour scale, with a colour bar."""
+    maps = occlusion_maps(model, images)
+    fig, axes = plot_predictions(images, labels, probabilities, classes)
+    limit = max(0.1, float(np.abs(maps).max()))  # never finer than 0.1: noise must look like noise
+    for ax, image, drop in zip(axes.flat, images, maps):
+        edge = image.shape[0] - 0.5
+        shown = ax.imshow(drop, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.5,
+                          extent=(-0.5, edge, edge, -0.5), interpolation="bilinear")
+        ax.set_title(f"{ax.get_title()}\nlargest drop {max(0.0, float(drop.max())):.2f}",
+                     color=ax.title.get_color(), fontsize=9)
+    fig.colorbar(shown, ax=axes, shrink=0.7, label="drop in probability when that part is hidden")
+    fig.suptitle("Where it looks: red where hiding a patch lowers the predicted class's "
+                 "probability,\nblue where it raises it, white where it changes nothing")
+    fig.savefig(path)
 
-    The learning rate is far smaller than the head's, so that noisy gradients from a few thousand
-    images cannot overwrite ImageNet's features. It warms up (Adam's first steps move every weight
-    by the full rate, which knocked the model below the frozen one) and decays to zero. BatchNorm
-    keeps its ImageNet statistics (build_model). If it does not beat the frozen model, that one stays.
-    """
-    step("4b. Fine-tuning")
-    before, val_accuracy_before = model.get_weights(), results["val_accuracy"]["after_head"]
-    train_images = make_dataset(*splits["train"], args.image_size, args.batch_size, shuffle=True, augment=args.augment,
-                                seed=args.seed)
-    base.trainable = True
-    steps = args.fine_tune_epochs * len(train_images)  # len() of a batched dataset counts batches
-    schedule = tf.keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, warmup_target=args.fine_tune_learning_rate, warmup_steps=steps // 10,
-        decay_steps=steps - steps // 10)
-    compile_for_training(model, schedule)  # compile() fixes what is trainable
-    tuned = train(model, train_images, datasets["validation"], args.fine_tune_epochs)
-    results["val_accuracy"]["after_fine_tuning"] = max(val_accuracy_before, best_epoch_val_accuracy(tuned))
-    if best_epoch_val_accuracy(tuned) < val_accuracy_before:
-        print("Fine-tuning did not beat the frozen model on validation; keeping the frozen one.")
-        model.set_weights(before)
-    return {k: history[k] + tuned[k] for k in history}, len(history["loss"])
+def occlusion_maps(model, images, grid=4):
+    """[image, row, column]: how much each image's predicted-class probability drops when a grey
+    patch hides that part of it (Zeiler and Fergus, 2014). Where it drops most is what the model
+    looks at: the animal, or the background? A coarse map from a classifier, not a detector: on
+    CIFAR's 32x32 images a patch is 8x8 original pixels."""
+    patch, before = images.shape[1] // grid, model(images, training=False).numpy()
+    maps = np.zeros((len(images), grid, grid), np.float32)
+    for row in range(grid):
+        for col in range(grid):
+            hidden = images.copy()
+            hidden[:, row * patch:(row + 1) * patch, col * patch:(col + 1) * patch] = 0.5
+            after = model(hidden, training=False).numpy()
+            for i, predicted in enumerate(before.argmax(axis=1)):
+                maps[i, row, col] = before[i, predicted] - after[i, predicted]
+    return maps
 
-def export_tflite(model, work_dir, images, probabilities):
-    """MobileNet was made for phones: TFLite is how it gets onto one, and LiteRT runs it."""
+def check_export(run_dir, test, probabilities, image_size, results):
+    """Reload model/ and classify the first test images with it, as stored, as --predict does."""
+    reloaded, largest, same = tf.saved_model.load(os.path.join(run_dir, "model")), 0.0, 0
+    count = min(8, len(test[1]))
+    for i in range(count):  # one by one: photos come in all sizes
+        again = reloaded.serve(stored_image(test[0][i], image_size)[None]).numpy()[0]
+        largest = max(largest, float(np.abs(again - probabilities[i]).max()))
+        same += int(again.argmax() == probabilities[i].argmax())
+    tolerance = 1e-2 if device() == "GPU" else 1e-3  # float rounding; TF32 on a GPU
+    passed = same == count and largest <= tolerance
+    results["export_check"] = dict(images=count, same_class=same / count, passed=passed,
+                                   largest_difference=largest, tolerance=tolerance)
+    print(f"Reloaded model/: the same class for {same} of {count} test images, probabilities "
+          f"within {largest:.1e}.")
+    if not passed:
+        print(f"warning: the exported model differs from the trained one by more than {tolerance}"
+              " (see export_check in metrics.json); the run is kept", file=sys.stderr)
+
+def print_what_to_try_next(results):
+    print(f"""
+What to try next:
+  python transfer_learning.py --dropout 0.5 --epochs 20
+      Only the head changes, so the features come from disk: a run takes seconds.
+  python transfer_learning.py --data-dir DIR    (DIR/cat/*.jpg, DIR/dog/*.jpg: any classes)
+      Your own photos: a few hundred real photos per class often reach 0.95 or more.
+  python transfer_learning.py --fine-tune-epochs 2 --augment
+      Adapts MobileNetV2 itself to your classes: a few points better, but the network runs on
+      every training image in every epoch (about 10 minutes an epoch for CIFAR on a CPU).
+  python transfer_learning.py --predict photo.jpg --model-dir {results["output_dir"]}
+      Classifies new photos with this run's model.""")
+
+
+# 8. Extra lesson: training on the images themselves (--fine-tune-epochs, --augment) -----------
+def train_on_images(model, base, splits, datasets, history, classes, args, run_dir, results):
+    """Fine-tuning and augmentation change an image's features from epoch to epoch, so the whole
+    model trains on the images, running the base every epoch: far slower than the head alone.
+
+    Fine-tuning unfreezes the base and nudges all its weights towards our classes, at a learning
+    rate far below the head's, so that noisy gradients from a few thousand images cannot overwrite
+    what ImageNet taught it. The rate warms up (Adam's first steps move every weight by the full
+    rate, which knocked the model below the frozen one) and decays to zero. BatchNorm keeps its
+    ImageNet statistics (build_model). If the head alone did better on validation, it stays."""
+    step("8. Fine-tuning" if args.fine_tune_epochs else "8. Training on augmented images")
+    head_weights, head_test_accuracy = model.get_weights(), results["test_accuracy"]
+    images = make_dataset(*splits["train"][:2], args.image_size, args.batch_size, args.seed)
+    if args.augment:  # new variants of every photo in every epoch: flipped, turned, zoomed
+        augment = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
+                                       tf.keras.layers.RandomRotation(0.05),
+                                       tf.keras.layers.RandomZoom(0.1)])
+        images = images.map(lambda x, y: (augment(x, training=True), y))
+    learning_rate, epochs = args.learning_rate, args.epochs  # augmentation alone: the base frozen
+    if args.fine_tune_epochs:
+        base.trainable = True  # compile(), below, takes note of what is trainable
+        epochs, steps = args.fine_tune_epochs, args.fine_tune_epochs * len(images)  # len: batches
+        learning_rate = tf.keras.optimizers.schedules.CosineDecay(
+            0.0, steps - steps // 10, warmup_target=args.fine_tune_learning_rate,
+            warmup_steps=steps // 10)
+    compile_for_training(model, learning_rate)
+    more = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
+    if min(more["val_loss"]) >= min(history["val_loss"]):
+        print("The head alone did better on the validation images: its weights come back.")
+        model.set_weights(head_weights)
+    step("8. Evaluation, plots and export again")
+    test = evaluate(model, datasets["test"], splits["test"], classes, run_dir, results)
+    print(f"Test accuracy: {head_test_accuracy:.4f} with the head alone, "
+          f"{results['test_accuracy']:.4f} after training on the images.")
+    results["test_accuracy_head_alone"] = head_test_accuracy
+    plot_results(model, [history, more], test, splits["test"], classes, args.image_size, run_dir)
+    export_model(model, classes, splits["test"], test, args.image_size, run_dir, results)
+
+def export_tflite(model, test, evaluated, image_size, run_dir, results):
+    """model.tflite, for phones: float32 images [1, image_size, image_size, 3] in [0, 1] in,
+    probabilities out. Checked with LiteRT against the trained model on a few test images."""
     tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    tf.io.write_file(os.path.join(work_dir, "model.tflite"), tflite)
+    with open(os.path.join(run_dir, "model.tflite"), "wb") as f:
+        f.write(tflite)
     run = (LiteRT or tf.lite.Interpreter)(model_content=tflite).get_signature_runner()
-    agree = float(np.mean(run(images=images)["classifier"].argmax(1) == probabilities.argmax(1)))
-    print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, same class as the trained model "
-          f"on {agree:.0%} of {len(images)} test images.")
-    return agree
+    same = []
+    for x, p in zip(test[0][:8], evaluated["probabilities"]):
+        image = scale_and_resize(stored_image(x, image_size), image_size)[None]
+        same.append(run(images=image)["classifier"].argmax() == p.argmax())
+    print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, the same class as the trained model for "
+          f"{sum(same)} of {len(same)} test images.")
+    results["tflite_agreement"] = float(np.mean(same))
 
-def predict_images(paths, model_dir):
-    """Classify new photos with an exported run: one line per image, top 3 of many classes."""
-    model, image_size, classes = load_exported_run(model_dir)
-    unreadable = find_unreadable_images(paths)
-    for path in unreadable:
-        print(f"error: cannot read {path} as an image; skipping it", file=sys.stderr)
-    for path in [p for p in paths if p not in unreadable]:
-        p = model.serve(scale_and_resize(read_image(path), image_size)[None]).numpy()[0]
-        top = p.argsort()[::-1][:3 if len(classes) > 2 else 1]
-        print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in top))
-    return 2 if unreadable else 0
+def predict_photos(paths, run_dir):
+    """Classify photos, or the photos in folders, with a run's model/: one line each."""
+    model, classes, image_size = load_exported_run(run_dir)
+    status, photos = 0, []
+    for path in paths:
+        if os.path.isdir(path):  # the photos in a folder; its other files are left alone
+            inside = [os.path.join(path, name) for name in visible(path, os.path.isfile)]
+            photos += [photo for photo in inside if is_readable(photo)]
+        else:
+            photos.append(path)
+    for path in photos:
+        try:
+            p = model.serve(read_photo(path, image_size)[None]).numpy()[0]  # as deployed
+        except Exception as e:
+            why = "no such file" if isinstance(e, FileNotFoundError) else "not a photo it can read"
+            print(f"error: {path}: {why}; skipping it", file=sys.stderr)
+            status = 2
+            continue
+        best = np.argsort(p)[::-1][:1 if len(classes) == 2 else 3]
+        print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in best))
+    return status
 
-# Your own photos: class folders, splits, unreadable files ---------------------
-# Not tf.keras.utils.image_dataset_from_directory: it stops at the first broken file and
-# splits only two ways, without keeping each class's share.
+
+# Speed-ups: LiteRT for the feature pass on a CPU ----------------------------------------------
+# MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is its native runtime:
+# on a CPU it runs the same network twice as fast as Keras, with the same features to float
+# rounding (2e-5). Converting takes a few seconds, so auto uses it from LITERT_MIN_IMAGES on.
+# TF_CPU_ALLOCATOR_USE_BFC (at the top) lets TensorFlow reuse a batch's memory for the next:
+# without it, feeding LiteRT batch by batch was 20% slower.
+try:  # LiteRT has no wheels for some platforms
+    from ai_edge_litert.interpreter import Interpreter as LiteRT
+except ImportError:
+    LiteRT = None
+LITERT_MIN_IMAGES = 1000
+
+def use_litert(args, splits, results):
+    """--features-with, where auto is litert on a CPU with enough images to repay converting."""
+    runtime, count = args.features_with, sum(len(y) for _, y, _ in splits.values())
+    if runtime == "auto":
+        runtime = "litert" if device() == "CPU" and count >= LITERT_MIN_IMAGES else "keras"
+    if runtime == "litert" and LiteRT is None:
+        print("warning: LiteRT is not installed (pip install ai-edge-litert); computing the "
+              "features with Keras", file=sys.stderr)
+        runtime = "keras"
+    results["features_with"] = runtime
+    return runtime == "litert"
+
+def litert_predict(extractor):
+    """A stand-in for extractor.predict that runs the extractor converted for LiteRT."""
+    spec = tf.TensorSpec(extractor.input_shape, tf.float32)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [tf.function(extractor).get_concrete_function(spec)], extractor)
+    converter.experimental_lower_to_saved_model = False  # a frozen graph: 2 s, not 20 s
+    interpreter = LiteRT(model_content=converter.convert(), num_threads=os.cpu_count())
+    images_in = interpreter.get_input_details()[0]["index"]
+    features_out = interpreter.get_output_details()[0]["index"]
+    def predict(images, verbose=0, callbacks=()):
+        features = []
+        for k, (batch, _) in enumerate(images):
+            interpreter.resize_tensor_input(images_in, batch.shape)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(images_in, batch.numpy())
+            interpreter.invoke()
+            features.append(interpreter.get_tensor(features_out))
+            for callback in callbacks:
+                callback.on_predict_batch_end(k, {})
+        return np.concatenate(features)
+    return predict
+
+def show_progress(name, count):
+    """A Keras callback that prints, on one line, how many images are done and how fast."""
+    start = time.perf_counter()
+    def report(batch, logs):
+        done = min((batch + 1) * BATCH, count)
+        print(f"\r{name:>10}: {done}/{count} images, "
+              f"{done / (time.perf_counter() - start):.0f} images/s", end="", flush=True)
+        if done == count:
+            print()
+    return tf.keras.callbacks.LambdaCallback(on_predict_batch_end=report)
+
+
+# Speed-ups: features kept on disk ------------------------------------------------------------
+# The features are saved in a file named by a hash of all that shapes them: the module, the image
+# size and the images (CIFAR's pixels; each photo's path, size and time of last change). Change
+# any of those and the name changes, so they are computed afresh; change only the head's settings
+# and they are read back. The folder keeps the 20 files used last (5 KB per image each).
+def feature_file(splits, args):
+    """The file for these images' features; None with --no-cache."""
+    if args.no_cache:
+        return None
+    key = hashlib.sha256(f"{args.model_handle} {args.image_size}".encode())
+    files = []  # a local module's files: it may be rebuilt in place
+    for folder, _, names in sorted(os.walk(args.model_handle)):
+        files += [os.path.join(folder, name) for name in sorted(names)]
+    for x, _, _ in splits.values():
+        key.update(np.ascontiguousarray(x).tobytes() if not isinstance(x[0], str) else b"")
+        for path in files + (list(x) if isinstance(x[0], str) else []):
+            key.update(f"{path} {os.path.getsize(path)} {os.stat(path).st_mtime_ns}".encode())
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "transfer_learning", key.hexdigest() + ".npz")
+
+def read_kept_features(path, results):
+    results.update(features_from_cache=False, features_with=None)
+    if path is None:
+        return None
+    try:
+        with np.load(path) as kept:
+            features = {name: kept[name] for name in ("train", "validation", "test")}
+        os.utime(path)  # used: kept longer
+        print(f"Features read from {path}, computed by an earlier run on the same images.")
+        results["features_from_cache"] = True
+        return features
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # cut short by a crash, or damaged
+        print(f"warning: cannot read the features kept in {path} ({type(e).__name__}); "
+              "computing them again", file=sys.stderr)
+
+def keep_features(features, path):
+    """Write, then rename: a run killed while writing leaves no half file under the real name."""
+    if path is None:
+        return
+    try:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        with open(f"{path}.{os.getpid()}.tmp", "wb") as f:
+            np.savez(f, **features)
+        os.replace(f"{path}.{os.getpid()}.tmp", path)
+        kept = [os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".npz")]
+        for old in sorted(kept, key=os.path.getmtime)[:-20]:
+            os.remove(old)
+    except OSError as e:
+        print(f"warning: cannot keep the features in {path} ({e.strerror}); the next run "
+              "computes them again", file=sys.stderr)
+
+
+# Your own photos: class folders, a labels file, unreadable files, copies -----------------------
+# Not tf.keras.utils.image_dataset_from_directory: it stops at the first broken file, shows phone
+# photos sideways, decodes a 12-megapixel JPEG in full, and splits only two ways, unstratified.
 SPLIT_FOLDERS = {"train": ["train"], "validation": ["validation", "val", "valid"], "test": ["test"]}
+Image.MAX_IMAGE_PIXELS = None  # your own photos: no check against "decompression bombs"
+
+def read_photo(path, image_size):
+    """A photo's RGB pixels (uint8), upright as its EXIF orientation says (phones store portrait
+    shots sideways and tell viewers to turn them). A JPEG is decoded at the smallest of its
+    built-in scales (1/8, 1/4, 1/2, 1) that keeps image_size pixels on the short side: for a
+    12-megapixel photo, a fraction of the work of a full decode."""
+    with Image.open(path) as photo:
+        photo.draft("RGB", (image_size, image_size))
+        return np.asarray(ImageOps.exif_transpose(photo).convert("RGB"))
+
+def read_photo_op(image_size):
+    """read_photo for tf.data: (path, label) -> (pixels, label)."""
+    def read(path, label):
+        pixels = tf.numpy_function(lambda p: read_photo(p.decode(), image_size), [path], tf.uint8)
+        return tf.ensure_shape(pixels, [None, None, 3]), label
+    return read
+
+def load_photos(data_dir, results):
+    """Your photos' paths and labels, from class folders or labels.csv; unreadable files out."""
+    if not os.path.isdir(data_dir):
+        fail(f"--data-dir {data_dir} is not a folder; give a folder with one sub-folder per class")
+    if os.path.isfile(os.path.join(data_dir, "labels.csv")):
+        splits, classes = read_labels_csv(data_dir)
+    else:
+        folders = find_split_folders(data_dir)
+        classes = visible(folders["train"])
+        check_classes(folders["train"], classes)
+        splits = {split: list_files(folder, classes) for split, folder in folders.items()}
+    skipped = []
+    for split, (x, _, _) in splits.items():
+        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+            readable = np.array(list(pool.map(is_readable, x)), dtype=bool)
+        splits[split] = subset(splits[split], readable)
+        skipped += [os.fsencode(path).decode(errors="backslashreplace") for path in x[~readable]]
+    for label in set(range(len(classes))) - set(splits["train"][1]):
+        fail(f"class {classes[label]} has no readable images in {data_dir}; add good images or "
+             "remove the class")
+    if skipped:
+        print(f"warning: skipped {len(skipped)} file(s) that are not images it can read: "
+              f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''} "
+              "(all in metrics.json)", file=sys.stderr)
+    results["skipped_files"] = skipped
+    return splits, classes
 
 def visible(folder, wanted=os.path.isdir):
     """The names in folder that are not hidden and pass wanted (by default: sub-folders)."""
-    return sorted(f for f in os.listdir(folder) if not f.startswith(".") and wanted(os.path.join(folder, f)))
+    names = [name for name in os.listdir(folder) if not name.startswith(".")]
+    return sorted(name for name in names if wanted(os.path.join(folder, name)))
 
 def find_split_folders(data_dir):
-    """{split: folder} when DIR/train/ holds class folders; {} when DIR holds the class folders."""
+    """{split: folder}: DIR/train/ and the other split folders there are, when DIR/train/ holds
+    class folders; else DIR itself holds the class folders."""
     train = os.path.join(data_dir, "train")
-    if not (os.path.isdir(train) and visible(train)):  # else train/ is a class folder of images
-        return {}
-    found = {split: [n for n in names if os.path.isdir(os.path.join(data_dir, n))]
-             for split, names in SPLIT_FOLDERS.items()}
-    return {split: os.path.join(data_dir, names[0]) for split, names in found.items() if names}
+    if not (os.path.isdir(train) and visible(train)):
+        return {"train": data_dir}
+    folders = {}
+    for split, names in SPLIT_FOLDERS.items():
+        found = [name for name in names if os.path.isdir(os.path.join(data_dir, name))]
+        if found:
+            folders[split] = os.path.join(data_dir, found[0])
+    return folders
+
+def check_classes(folder, classes):
+    if classes and set(classes) <= {name for names in SPLIT_FOLDERS.values() for name in names}:
+        fail(f"--data-dir {folder} holds only split folders ({', '.join(classes)}) of images and "
+             "no labels.csv: put each class in a folder of its own, DIR/train/<class>/*.jpg, or "
+             "add DIR/labels.csv with a file name and a class per row")
+    if len(classes) < 2:
+        fail(f"--data-dir {folder} has {len(classes)} class(es); a classifier needs at least 2, "
+             "e.g. DIR/cat/*.jpg and DIR/dog/*.jpg")
 
 def list_files(folder, classes):
     """Every file in folder/<class>/ for each class; hidden files are ignored."""
@@ -391,96 +779,97 @@ def list_files(folder, classes):
             fail(f"class folder {class_dir} has no images; add some or remove the class")
         paths += [os.path.join(class_dir, f) for f in files]
         labels += [label] * len(files)
-    return np.array(paths), np.array(labels, dtype=np.int64)
+    return np.array(paths), np.array(labels, dtype=np.int64), np.array(paths)
 
-def find_unreadable_images(paths):
-    """Decode every file once, in parallel; files that fail (or whose names are not UTF-8) are returned."""
-    utf8 = np.array([p for p in paths if p.encode("utf-8", "replace").decode() == p], dtype=str)
-    readable = (tf.data.Dataset.from_tensor_slices(utf8).map(lambda p: (p, tf.shape(read_image(p))),
-                num_parallel_calls=AUTOTUNE).ignore_errors().batch(1024))
-    ok = {p.decode() for batch, _ in readable.as_numpy_iterator() for p in batch}
-    return [p for p in paths if p not in ok]
+def read_labels_csv(data_dir):
+    """Kaggle's layout: photos in DIR/train/ (or DIR/), and DIR/labels.csv with a header row,
+    then a file name (often without its extension) and a class per row."""
+    folder = os.path.join(data_dir, "train")
+    folder = folder if os.path.isdir(folder) else data_dir
+    photos = {}  # by name, with and without the extension
+    for name in visible(folder, os.path.isfile):
+        photos[name] = photos[os.path.splitext(name)[0]] = os.path.join(folder, name)
+    with open(os.path.join(data_dir, "labels.csv"), newline="", encoding="utf-8-sig") as f:
+        rows = [row for row in csv.reader(f) if len(row) >= 2][1:]  # [1:]: not the header
+    found = {photos[row[0].strip()]: row[1].strip() for row in rows if row[0].strip() in photos}
+    unlisted = len(set(photos.values()) - set(found))
+    if len(found) < len(rows) or unlisted:
+        print(f"warning: {len(rows) - len(found)} row(s) of labels.csv name no file in {folder}, "
+              f"and {unlisted} file(s) there have no row; both are left out", file=sys.stderr)
+    classes = sorted(set(found.values()))
+    check_classes(os.path.join(data_dir, "labels.csv"), classes or [""])
+    paths = np.array(list(found))
+    labels = np.array([classes.index(name) for name in found.values()], dtype=np.int64)
+    return {"train": (paths, labels, paths)}, classes
 
-def load_image_folders(data_dir, results):
-    """Readable images of DIR/<class>/, or of DIR/train/<class>/ and the other split folders there are."""
-    if not os.path.isdir(data_dir):
-        fail(f"--data-dir {data_dir} is not a folder; give a folder with one sub-folder per class")
-    folders = find_split_folders(data_dir) or {"train": data_dir}
-    classes = visible(folders["train"])
-    if len(classes) < 2:
-        fail(f"--data-dir {folders['train']} has {len(classes)} class folder(s); "
-             "a classifier needs at least 2, e.g. DIR/cat/*.jpg and DIR/dog/*.jpg")
-    splits, skipped = {}, []
-    for split, folder in folders.items():
-        x, y = list_files(folder, classes)
-        bad = np.isin(x, find_unreadable_images(x))
-        splits[split] = x[~bad], y[~bad]
-        skipped += [os.fsencode(p).decode(errors="backslashreplace") for p in x[bad]]
-    for label in set(range(len(classes))) - set(splits["train"][1]):
-        fail(f"class folder {os.path.join(folders['train'], classes[label])} has no readable images; "
-             "add good images or remove the folder")
-    if skipped:
-        print(f"warning: skipped {len(skipped)} file(s) that are not images TensorFlow can read: "
-              f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''} (all in metrics.json)", file=sys.stderr)
-    results["skipped_files"] = skipped
-    return splits, classes
+def is_readable(path):
+    """Cheaply: a JPEG's header and its end-of-image marker (a copy cut short lacks it). Other
+    formats, smaller or rare among photos, are decoded in full."""
+    try:
+        path.encode("utf-8")  # TensorFlow passes file names as UTF-8
+        with Image.open(path) as photo:
+            if photo.format != "JPEG":
+                photo.load()
+                return True
+            photo.fp.seek(photo.tile[0][2])  # where the compressed pixels start
+            return b"\xff\xd9" in photo.fp.read()
+    except Exception:
+        return False
 
-def shuffled(x, y, seed):
-    order = np.random.default_rng(seed).permutation(len(x))
-    return x[order], y[order]
+def warn_about_copies_across_splits(splits, results):
+    """Copies of training photos among the validation or test photos flatter the accuracy. Only
+    files as large as a training photo are compared, byte by byte."""
+    by_size, copies = {}, []
+    for path in splits["train"][0]:
+        by_size.setdefault(os.path.getsize(path), []).append(path)
+    for path in np.concatenate([splits["validation"][0], splits["test"][0]]):
+        for twin in by_size.get(os.path.getsize(path), []):
+            if filecmp.cmp(path, twin, shallow=False):
+                copies.append(f"{path} = {twin}")
+    if copies:
+        print(f"warning: {len(copies)} validation or test photo(s) are copies of training photos, "
+              f"which flatters the accuracy: {'; '.join(copies[:3])}"
+              f"{'; ...' if len(copies) > 3 else ''} (all in metrics.json)", file=sys.stderr)
+    results["copies_across_splits"] = copies
 
-def split_off(x, y, fraction, seed):
-    """Cut the same fraction off every class (stratified), the same way for the same --seed."""
-    rng, held = np.random.default_rng(seed), np.zeros(len(y), bool)
-    for label in np.unique(y):
-        held[rng.permutation(np.flatnonzero(y == label))[:max(1, round(np.sum(y == label) * fraction))]] = True
-    return shuffled(x[~held], y[~held], seed), shuffled(x[held], y[held], seed)
 
-def load_data(args, results):
-    """Train, validation and test splits of CIFAR-10 or --data-dir, checked before the lesson uses them."""
-    splits, classes = download_cifar10() if args.data_dir is None else load_image_folders(args.data_dir, results)
-    splits = {name: shuffled(x, y, args.seed) for name, (x, y) in splits.items()}  # for --max-images
-    missing = [split for split in ("test", "validation") if split not in splits]
-    for label, name in enumerate(classes):
-        if np.sum(splits["train"][1] == label) <= len(missing):
-            fail(f"class {name} has {np.sum(splits['train'][1] == label)} image(s) in {args.data_dir}; it needs "
-                 f"at least {len(missing) + 1}, one for training and one for each split carved out of it")
-    for split in missing:
-        splits["train"], splits[split] = split_off(*splits["train"], args.validation_split, args.seed)
-    splits = {name: (splits[name][0][:args.max_images], splits[name][1][:args.max_images])
-              for name in ("train", "validation", "test")}
-    for name, (x, y) in splits.items():
-        print(f"{name:>10}: {len(x):5d} images ({', '.join(f'{np.sum(y == i)} {c}' for i, c in enumerate(classes))})")
-    results.update(classes=classes, num_train=len(splits["train"][1]), num_val=len(splits["validation"][1]),
-                   num_test=len(splits["test"][1]), data=args.data_dir or "CIFAR-10")
-    return splits, classes
-
-# The command line, checks, the output folder and errors -----------------------
+# The command line, checks, the output folder and errors ----------------------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Train an image classifier on a frozen TF Hub MobileNetV2.")
-    p.add_argument("--data-dir", help="your images: DIR/<class>/*.jpg, or DIR/train/<class>/ with DIR/validation/ "
-                   "(or val/, valid/) and DIR/test/; missing splits are carved out of train (default: CIFAR-10)")
-    p.add_argument("--model-handle", default=DEFAULT_HANDLE, help="TF Hub URL or SavedModel folder of a feature vector")
-    p.add_argument("--image-size", type=int, default=224, help="pixels per side the module expects (default: 224)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs to train the head (default: 10)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per training batch (default: 64)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="for the head (default: 0.001)")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout rate before the head (default: 0.2)")
-    p.add_argument("--validation-split", type=float, default=0.1, help="fraction of each class held out for "
-                   "validation, and for testing when DIR has no test/ (default: 0.1)")
-    p.add_argument("--max-images", type=int, help="at most this many images per split, for a quick first run")
-    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto", help="litert: twice as "
-                   f"fast on a CPU, after a 5 s conversion; auto: litert on a CPU for {LITERT_MIN_IMAGES}+ images")
-    p.add_argument("--output-dir", help="folder for this run (default: a new runs/<date-time>)")
+    p = argparse.ArgumentParser(description="Train an image classifier on a frozen TF Hub "
+                                "MobileNetV2, then evaluate, plot and export it.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", help="your photos: DIR/<class>/*.jpg; or DIR/train/<class>/, "
+                   "with DIR/validation/ (or val/, valid/) and DIR/test/; or DIR/labels.csv (file, "
+                   "class) with the photos in DIR/train/ or DIR; splits missing are carved out of "
+                   "the training photos; none: CIFAR-10's cats and dogs")
+    p.add_argument("--model-handle", default=DEFAULT_HANDLE,
+                   help="TF Hub URL or SavedModel folder of an image feature vector")
+    p.add_argument("--image-size", type=int, default=224, help="pixels per side the module takes")
+    p.add_argument("--epochs", type=int, default=10, help="epochs to train the head")
+    p.add_argument("--batch-size", type=int, default=64, help="images per training batch")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="the head's learning rate")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout rate before the head")
+    p.add_argument("--validation-split", type=float, default=0.1, help="fraction of each class "
+                   "held out for validation, and for testing when there is no test/")
+    p.add_argument("--max-images", type=int, help="about this many images per split, each class "
+                   "keeping its share, for a quick run; none: all")
+    p.add_argument("--no-cache", action="store_true", help="compute the features even if an "
+                   "earlier run kept them, and keep none (kept in ~/.cache/transfer_learning)")
+    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto",
+                   help="what computes the features: litert is twice as fast on a CPU, after a "
+                   f"conversion; auto: litert on a CPU from {LITERT_MIN_IMAGES} images on")
+    p.add_argument("--output-dir", help="folder for this run; none: a new runs/<date-time>")
     p.add_argument("--no-show", action="store_true", help="save the plots without showing them")
-    p.add_argument("--seed", type=int, default=42, help="random seed for splits and training (default: 42)")
-    p.add_argument("--augment", action="store_true", help="random flips, rotations and zooms of training images "
-                   "(much slower: they change every epoch, so their features cannot be computed once)")
-    p.add_argument("--fine-tune-epochs", type=int, default=0, help="then unfreeze the base for N epochs (default: 0)")
-    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4, help="peak (default: 0.0001)")
+    p.add_argument("--seed", type=int, default=42, help="random seed for splits and training")
+    p.add_argument("--fine-tune-epochs", type=int, default=0,
+                   help="then unfreeze the base and train it all for this many epochs")
+    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4, help="its peak")
+    p.add_argument("--augment", action="store_true", help="train on randomly flipped, turned and "
+                   "zoomed training images, after the head (slow: their features change)")
     p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")
-    p.add_argument("--predict", nargs="+", metavar="IMAGE", help="classify these images with --model-dir's run")
-    p.add_argument("--model-dir", help="a run folder written by an earlier training run, for --predict")
+    p.add_argument("--predict", nargs="+", metavar="PHOTO",
+                   help="classify these photos, or those in these folders, with --model-dir's run")
+    p.add_argument("--model-dir", help="the folder of an earlier run, for --predict")
     p.error = fail  # a mistyped flag gets the same one-line error as any other bad input
     return p.parse_args(argv)
 
@@ -490,52 +879,33 @@ def fail(message):
     sys.exit(2)
 
 def check_args(args):
-    for ok, message in [(args.epochs >= 1, "--epochs must be at least 1"),
+    for ok, message in [
+            (args.epochs >= 1, "--epochs must be at least 1"),
             (args.batch_size >= 1, "--batch-size must be at least 1"),
             (0 < args.validation_split < 1, "--validation-split must be between 0 and 1, e.g. 0.1"),
             (0 <= args.dropout < 1, "--dropout must be in [0, 1), e.g. 0.2"),
             (args.image_size >= 32, "--image-size must be 32 or more (224 for the default module)"),
-            (args.learning_rate > 0 and args.fine_tune_learning_rate > 0, "learning rates must be positive"),
+            (args.learning_rate > 0, "--learning-rate must be positive, e.g. 0.001"),
+            (args.fine_tune_learning_rate > 0, "--fine-tune-learning-rate must be positive"),
             (args.fine_tune_epochs >= 0, "--fine-tune-epochs cannot be negative"),
             (args.max_images is None or args.max_images >= 1, "--max-images must be at least 1"),
-            (not args.predict or args.model_dir, "--predict needs --model-dir RUN_DIR, a folder of an earlier run")]:
+            (not args.predict or args.model_dir, "--predict needs --model-dir, an earlier run")]:
         if not ok:
             fail(message)
 
-def download_cifar10():
+def load_exported_run(run_dir):
+    """The exported model, its class names and its image size, from a run folder."""
     try:
-        return load_cifar10_cats_and_dogs()
+        with open(os.path.join(run_dir, "labels.txt"), encoding="utf-8") as f:
+            classes = f.read().splitlines()
+        with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+            image_size = json.load(f)["settings"]["image_size"]
+        model = tf.saved_model.load(os.path.join(run_dir, "model"))
+        model.signatures["serving_default"], model.serve  # both, or it is not our export
+        return model, classes, image_size
     except Exception as e:
-        fail(f"could not download CIFAR-10 ({type(e).__name__}); offline, use your own images: --data-dir DIR")
-
-def build_checked_model(args, num_classes):
-    """build_model, or one line saying why the module cannot be used."""
-    handle, size = args.model_handle, args.image_size
-    try:
-        model, base, extractor, head = build_model(handle, size, num_classes, args.dropout)
-    except Exception:
-        try:
-            hub.load(handle)
-        except Exception as e:
-            where = ("a local path as --model-handle, or the module placed in $TFHUB_CACHE_DIR" if "://" in handle
-                     else "a folder holding a TF2 SavedModel (saved_model.pb)")
-            fail(f"cannot load --model-handle {handle} ({type(e).__name__}); to run offline use {where}, "
-                 "and --data-dir instead of the CIFAR-10 download")
-        fail(f"the module {handle} does not accept {size}x{size} images; set --image-size to its own")
-    if len(extractor.output_shape) != 2:
-        fail(f"the module {handle} returns shape {extractor.output_shape}, not a feature vector; "
-             "use an image feature-vector module, not a classifier or a raw SavedModel")
-    return model, base, extractor, head
-
-def load_exported_run(model_dir):
-    """The exported model, its image size and class names, from a run folder."""
-    try:
-        with open(os.path.join(model_dir, "labels.txt")) as f:
-            model, classes = tf.saved_model.load(os.path.join(model_dir, "model")), f.read().splitlines()
-        return model, model.signatures["serving_default"].inputs[0].shape[1], classes
-    except Exception as e:
-        fail(f"--model-dir {model_dir} holds no complete exported run ({type(e).__name__}); give the folder "
-             "of an earlier training run, or train again to export one")
+        fail(f"--model-dir {run_dir} holds no complete exported run ({type(e).__name__}); give "
+             "the folder of an earlier training run, or train again to export one")
 
 def prepare_output_dir(output_dir):
     """Never touch an earlier run: this one is written into OUTPUT.partial."""
@@ -547,53 +917,61 @@ def prepare_output_dir(output_dir):
     if os.path.isfile(output_dir):
         fail(f"--output-dir {output_dir} is a file; give a folder name")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
-        fail(f"--output-dir {output_dir} already holds a run; choose a new folder so it is not overwritten")
+        fail(f"--output-dir {output_dir} already holds a run; choose a new folder so that it is "
+             "not overwritten")
     work_dir = output_dir.rstrip("/\\") + ".partial"
     try:
         os.makedirs(work_dir)
     except FileExistsError:
-        fail(f"{work_dir} exists: another run is writing there, or one was killed; delete it or pick another")
+        fail(f"{work_dir} exists: another run is writing there, or one was killed; delete it or "
+             "pick another --output-dir")
     except OSError as e:
-        fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose a folder you can write to")
+        fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose a folder you can "
+             "write to")
     return output_dir, work_dir
 
 STEPS = []  # (name, start time) of each step of the lesson, for metrics.json
 
-def step(name):  # announce the next step of the lesson, and note when it starts
+def step(name):
+    """Announce the next step of the lesson, and note when it starts."""
     print(f"\n== {name} ==")
     STEPS.append((name, time.perf_counter()))
 
 def save_metrics(work_dir, args, results):
     """metrics.json: the results, every setting and version that shaped them, seconds per step."""
-    STEPS.append(("end", time.perf_counter()))
-    seconds = {name: round(t - t0, 2) for (name, t0), (_, t) in zip(STEPS, STEPS[1:])}
-    versions = dict(python=platform.python_version(), tensorflow=tf.__version__, tensorflow_hub=hub.__version__,
-                    litert=LiteRT is not None)
+    seconds = {}
+    for (name, start), (_, end) in zip(STEPS, STEPS[1:] + [("end", time.perf_counter())]):
+        seconds[name] = round(seconds.get(name, 0) + end - start, 2)
+    versions = dict(python=platform.python_version(), tensorflow=tf.__version__,
+                    tensorflow_hub=hub.__version__, litert=LiteRT is not None)
     results.update(settings=vars(args), seconds=seconds, versions=versions)
-    tf.io.write_file(os.path.join(work_dir, "metrics.json"), json.dumps(results, indent=2))
+    with open(os.path.join(work_dir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
 
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     if args.predict:
-        return predict_images(args.predict, args.model_dir)
-    if not issubclass(hub.KerasLayer, tf.keras.layers.Layer):  # a notebook imported TensorFlow first
-        fail("TensorFlow was imported with Keras 3 before this script could ask for Keras 2, which TF Hub needs; "
-             "run it in a fresh Python (restart the notebook's kernel), or set TF_USE_LEGACY_KERAS=1 first")
+        return predict_photos(args.predict, args.model_dir)
+    if not issubclass(hub.KerasLayer, tf.keras.layers.Layer):  # a notebook imported TF first
+        fail("TensorFlow was imported with Keras 3 before this script could ask for Keras 2, which "
+             "TF Hub needs; run it in a fresh Python (restart the notebook's kernel), or set "
+             "TF_USE_LEGACY_KERAS=1 first")
     if args.no_show:
         plt.switch_backend("Agg")
     tf.keras.utils.set_random_seed(args.seed)
     output_dir, work_dir = prepare_output_dir(args.output_dir)
-    results, status, STEPS[:] = {}, 0, []
+    results, status, STEPS[:] = {"output_dir": output_dir}, 0, []
     previous = signal.signal(signal.SIGINT, lambda *_: leave_on_ctrl_c(work_dir, output_dir))
     try:
         try:
             run_lesson(args, work_dir, results)
-        except Exception as e:  # once there are test results, a failing plot or export keeps the run
+        except Exception as e:  # once there are test results, a failing plot or export keeps them
             if "test_accuracy" not in results:
                 raise
             results["last_step_error"], status = f"{type(e).__name__}: {e}", 1
-            print(f"error: {results['last_step_error']}; the rest of the run is saved", file=sys.stderr)
+            print(f"error: {results['last_step_error']}; the rest of the run is saved",
+                  file=sys.stderr)
         save_metrics(work_dir, args, results)
         os.replace(work_dir, output_dir)  # the run appears whole, or not at all
         print(f"Saved the run to {output_dir}/")
@@ -613,12 +991,14 @@ def leave_on_ctrl_c(work_dir, output_dir):
         print(f"\nInterrupted; the run is saved in {output_dir}/", file=sys.stderr, flush=True)
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
-        print("\nInterrupted: no run folder was written; earlier runs are untouched.", file=sys.stderr, flush=True)
+        print("\nInterrupted: no run folder was written; earlier runs are untouched.",
+              file=sys.stderr, flush=True)
     os._exit(130)
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        print("\nInterrupted: no run folder was written; earlier runs are untouched.", file=sys.stderr)
+        print("\nInterrupted: no run folder was written; earlier runs are untouched.",
+              file=sys.stderr)
         sys.exit(130)

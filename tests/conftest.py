@@ -1,20 +1,25 @@
-"""Shared fixtures: tiny feature-vector modules and small image folders, all offline.
+"""Shared fixtures: tiny feature-vector modules, small image folders and photos, all offline.
 
-The tests never touch the network: a TF Hub module is a SavedModel that we
-build here in a second, and the images are written here too. They set their
-own environment, so the caller's TF_CPP_MIN_LOG_LEVEL and MPLBACKEND don't matter.
+The tests never touch the network: a TF Hub module is a SavedModel built here in a second, the
+images are written here, and CIFAR-10 is patched. They set their own environment, so the caller's
+TF_CPP_MIN_LOG_LEVEL, MPLBACKEND or cache folders do not matter.
 """
 import hashlib
+import io
 import os
 import re
 import subprocess
 import sys
+import tempfile
 
-os.environ.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
+os.environ.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", MPLBACKEND="Agg",
+                  XDG_CACHE_HOME=tempfile.mkdtemp(prefix="features_cache_"),
+                  TFHUB_CACHE_DIR=tempfile.mkdtemp(prefix="empty_tfhub_cache_"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "transfer_learning.py")
@@ -23,11 +28,19 @@ sys.path.insert(0, REPO)
 import transfer_learning as tl  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def own_feature_cache(tmp_path, monkeypatch):
+    """Every test starts with an empty feature cache of its own (runs in subprocesses too)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg_cache"))
+    return tmp_path / "xdg_cache" / "transfer_learning"
+
+
 def save_feature_vector(path, image_size, features=16):
     """A tiny stand-in for MobileNetV2: [0, 1] images in, a feature vector out.
 
-    It has a convolution and a BatchNormalization, so tests can check that a
-    frozen base really stays frozen (weights and BatchNorm statistics alike).
+    It has a convolution and a BatchNormalization, so tests can check that a frozen base really
+    stays frozen (weights and BatchNorm statistics alike), and the mean colour, so that classes
+    of different colours are easy to tell apart.
     """
     tf.keras.utils.set_random_seed(0)
     images = tf.keras.Input((image_size, image_size, 3))
@@ -48,7 +61,7 @@ def module32(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def hub_cache(tmp_path_factory):
-    """$TFHUB_CACHE_DIR seeded with a 224x224 module under the default handle."""
+    """A $TFHUB_CACHE_DIR seeded with a 224x224 module under the default handle."""
     cache = tmp_path_factory.mktemp("tfhub_cache")
     digest = hashlib.sha1(tl.DEFAULT_HANDLE.encode("utf8")).hexdigest()
     save_feature_vector(str(cache / digest), 224, features=8)
@@ -74,6 +87,15 @@ def write_colour_images(folder, colours, per_class, size=32, seed=0, jpeg=False)
     return folder
 
 
+def jpeg_bytes(pixels, quality=90, orientation=None):
+    """pixels as a JPEG file's bytes, optionally with an EXIF orientation tag."""
+    buffer, exif = io.BytesIO(), Image.Exif()
+    if orientation:
+        exif[274] = orientation
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="session")
 def catdog(tmp_path_factory):
     """Small 32x32 'cat' and 'dog' JPEGs in train/ (60 each) and test/ (20 each), like CIFAR-10's."""
@@ -88,7 +110,20 @@ def catdog(tmp_path_factory):
 def three_colours(tmp_path_factory):
     """Three separable classes (red, green, blue) in one folder, no train/test split."""
     return write_colour_images(tmp_path_factory.mktemp("colours"),
-                               {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}, 40)
+                               {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)},
+                               40)
+
+
+def fake_cifar10(n_train=300, n_test=100, seed=0):
+    """Arrays shaped and typed like tf.keras.datasets.cifar10.load_data(). Each image carries its
+    original label in its red channel, so that the tests can check how images and labels pair."""
+    rng = np.random.default_rng(seed)
+    def split(n):
+        y = rng.integers(0, 10, (n, 1)).astype(np.uint8)
+        x = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+        x[..., 0] = y[:, :, None] * 20
+        return x, y
+    return split(n_train), split(n_test)
 
 
 def run_script(*args, env=None, timeout=300):
@@ -97,10 +132,21 @@ def run_script(*args, env=None, timeout=300):
                           text=True, env=dict(os.environ, **(env or {})), timeout=timeout, cwd=REPO)
 
 
-# TensorFlow 2.21 logs a few lines through absl before its logging is set up
-# (e.g. "Could not find cuda drivers" on a machine without CUDA), whatever
-# TF_CPP_MIN_LOG_LEVEL says; LiteRT announces its XNNPACK delegate.
-TF_LOG_LINE = re.compile(r"^(WARNING: All log messages before absl|[IWEF]\d{4} \d\d:\d\d:\d\d|INFO: Created TensorFlow Lite)")
+def run_main(*argv):
+    """tl.main in this process; returns (exit status, metrics.json of the run or None)."""
+    import json
+    argv = [str(a) for a in argv]
+    status = tl.main(argv)
+    out = argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else None
+    metrics = os.path.join(out, "metrics.json") if out else None
+    return status, (json.load(open(metrics)) if metrics and os.path.exists(metrics) else None)
+
+
+# TensorFlow 2.21 logs a few lines through absl before its logging is set up (e.g. "Could not
+# find cuda drivers" on a machine without CUDA), whatever TF_CPP_MIN_LOG_LEVEL says; LiteRT
+# announces its XNNPACK delegate.
+TF_LOG_LINE = re.compile(r"^(WARNING: All log messages before absl|[IWEF]\d{4} \d\d:\d\d:\d\d|"
+                         r"INFO: Created TensorFlow Lite|import time:)")
 
 
 def script_lines(stderr):

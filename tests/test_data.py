@@ -1,177 +1,281 @@
-"""1. Data: the right images reach the right splits with the right labels."""
+"""1. Data: the right images reach the right splits with the right labels, upright and cheaply."""
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image, ImageFile
 
-from conftest import run_script, script_lines, tl, write_colour_images
+from conftest import fake_cifar10, jpeg_bytes, run_script, script_lines, tl, write_colour_images
 
-
-def fake_cifar10(n_train=300, n_test=100, seed=0):
-    """Arrays shaped and typed like tf.keras.datasets.cifar10.load_data()."""
-    rng = np.random.default_rng(seed)
-    def split(n):
-        y = rng.integers(0, 10, (n, 1)).astype(np.uint8)
-        x = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
-        x[..., 0] = y[:, :, None] * 20  # label readable from the pixels, to check pairing
-        return x, y
-    return split(n_train), split(n_test)
-
-
-def args_for(*argv):
-    args = tl.parse_args(list(argv))
-    tl.check_args(args)
-    return args
+COLOURS = {"cat": (200, 40, 40), "dog": (40, 40, 200)}
+FIVE = {"a": (200, 40, 40), "b": (40, 200, 40), "c": (40, 40, 200), "d": (200, 200, 40),
+        "e": (40, 200, 200)}
 
 
 def load(*argv):
     """load_data as the script calls it: (splits, classes, what it adds to metrics.json)."""
-    results = {}
-    splits, classes = tl.load_data(args_for(*argv), results)
+    args, results = tl.parse_args([str(a) for a in argv]), {}
+    tl.check_args(args)
+    splits, classes = tl.load_data(args, results)
     return splits, classes, results
 
 
-def test_cifar10_keeps_only_cats_and_dogs_relabelled(monkeypatch):
-    (x_train, y_train), (x_test, y_test) = data = fake_cifar10()
-    monkeypatch.setattr(tf.keras.datasets.cifar10, "load_data", lambda: data)
-    splits, classes, results = load()
-    assert classes == ["cat", "dog"] and results["data"] == "CIFAR-10"
-    expected_train = np.isin(y_train, [3, 5]).sum()
-    assert len(splits["train"][0]) + len(splits["validation"][0]) == expected_train
-    for label in (3, 5):  # stratified: a tenth of each class
-        held = np.sum(splits["validation"][1] == (label == 5))
-        assert held == round(np.sum(y_train == label) * 0.1)
-    assert len(splits["test"][0]) == np.isin(y_test, [3, 5]).sum()
-    for x, y in splits.values():
-        assert set(np.unique(y)) == {0, 1}
-        original = x[:, 0, 0, 0] // 20  # 3 for cats, 5 for dogs
-        assert np.array_equal(original == 5, y == 1) and set(np.unique(original)) == {3, 5}
-        assert x.shape[1:] == (32, 32, 3) and x.dtype == np.uint8
-
-
-def test_validation_split_is_deterministic_for_a_seed(monkeypatch):
+@pytest.fixture
+def cifar(monkeypatch):
     data = fake_cifar10()
     monkeypatch.setattr(tf.keras.datasets.cifar10, "load_data", lambda: data)
-    first = load("--seed", "1")[0]["validation"][0]
-    again = load("--seed", "1")[0]["validation"][0]
-    other = load("--seed", "2")[0]["validation"][0]
-    assert np.array_equal(first, again)
-    assert not np.array_equal(first, other)
+    return data
 
 
-def test_class_folders_with_train_and_test(catdog):
-    splits, classes, results = load("--data-dir", str(catdog))
-    assert classes == ["cat", "dog"] and results["skipped_files"] == []
-    assert len(splits["test"][0]) == 40
-    assert len(splits["train"][0]) + len(splits["validation"][0]) == 120
-    for x, y in splits.values():
-        folder_class = np.array(["/dog/" in p for p in x])
-        assert np.array_equal(folder_class, y == 1)
-    assert not set(splits["train"][0]) & set(splits["validation"][0])
+def test_cifar10_keeps_only_cats_and_dogs_relabelled_and_named(cifar):
+    (_, y_train), (_, y_test) = cifar
+    splits, classes, results = load()
+    assert classes == ["cat", "dog"] and results["data"] == "CIFAR-10"
+    assert len(splits["train"][1]) + len(splits["validation"][1]) == np.isin(y_train, [3, 5]).sum()
+    assert len(splits["test"][1]) == np.isin(y_test, [3, 5]).sum()
+    for name, (x, y, names) in splits.items():
+        original = x[:, 0, 0, 0] // 20  # each image carries its CIFAR-10 label: 3 cat, 5 dog
+        assert np.array_equal(original == 5, y == 1) and set(original) == {3, 5}, name
+        assert x.shape[1:] == (32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int64
+    _, _, test_names = splits["test"]
+    index = [int(n.rsplit(" ", 1)[1]) for n in test_names]  # "CIFAR-10 test image 17"
+    assert np.array_equal(y_test[index, 0] == 5, splits["test"][1] == 1)
 
 
-def test_three_classes_in_one_folder_are_split_three_ways(three_colours):
-    splits, classes, _ = load("--data-dir", str(three_colours))
-    assert classes == ["blue", "green", "red"]
-    sizes = {name: len(x) for name, (x, y) in splits.items()}
-    assert sum(sizes.values()) == 120 and sizes["test"] == 12 and sizes["validation"] == 12
-    for name in ("validation", "test"):  # 40 of each class: 4 of each in each carved split
-        assert np.bincount(splits[name][1]).tolist() == [4, 4, 4]
-    paths = [set(x) for x, _ in splits.values()]
-    assert not (paths[0] & paths[1]) and not (paths[0] & paths[2]) and not (paths[1] & paths[2])
+def test_validation_is_a_stratified_tenth_and_the_same_for_a_seed(cifar):
+    (_, y_train), _ = cifar
+    splits = load()[0]
+    for label, cifar_label in ((0, 3), (1, 5)):
+        held = np.sum(splits["validation"][1] == label)
+        assert held == round(np.sum(y_train == cifar_label) * 0.1)
+    assert np.array_equal(load("--seed", "1")[0]["validation"][0],
+                          load("--seed", "1")[0]["validation"][0])
+    assert not np.array_equal(load("--seed", "1")[0]["validation"][0],
+                              load("--seed", "2")[0]["validation"][0])
 
 
-def test_max_images_caps_every_split_and_keeps_both_classes(catdog):
-    splits, _, _ = load("--data-dir", str(catdog), "--max-images", "10")
-    for x, y in splits.values():
-        assert len(x) <= 10
-    assert set(splits["test"][1]) == {0, 1}
+def test_validation_split_flag_changes_the_split(cifar):
+    tenth, fifth = load()[0], load("--validation-split", "0.2")[0]
+    total = len(tenth["train"][1]) + len(tenth["validation"][1])
+    assert len(fifth["validation"][1]) == pytest.approx(0.2 * total, abs=2)
+    assert len(tenth["validation"][1]) == pytest.approx(0.1 * total, abs=2)
+
+
+def test_max_images_cuts_each_split_to_that_many(monkeypatch):
+    data = fake_cifar10(3000, 600)
+    monkeypatch.setattr(tf.keras.datasets.cifar10, "load_data", lambda: data)
+    splits, _, results = load("--max-images", "40")
+    for name, (x, y, names) in splits.items():
+        assert len(x) == len(y) == len(names) == 40, name
+        assert set(y) == {0, 1}
+    assert (results["num_train"], results["num_validation"], results["num_test"]) == (40, 40, 40)
+
+
+def test_max_images_keeps_every_class_in_training(tmp_path):
+    write_colour_images(tmp_path, FIVE, 20)
+    splits, classes, _ = load("--data-dir", tmp_path, "--max-images", 10)
+    assert len(classes) == 5
+    for name, (_, y, _) in splits.items():
+        assert set(y) == set(range(5)), f"{name} lacks a class: {np.bincount(y)}"
+
+
+def test_max_images_fewer_than_the_classes_is_a_one_line_error(tmp_path, capfd):
+    write_colour_images(tmp_path, FIVE, 20)
+    with pytest.raises(SystemExit) as exit_info:
+        load("--data-dir", tmp_path, "--max-images", 3)
+    lines = script_lines(capfd.readouterr().err)
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert "--max-images 3" in lines[0] and "5 classes" in lines[0]
 
 
 @pytest.mark.parametrize("source", ["arrays", "files"])
 def test_pipeline_resizes_on_the_fly_to_floats_in_0_1(source, catdog):
     if source == "files":
-        x, y = tl.list_files(str(catdog / "test"), ["cat", "dog"])
+        x, y, _ = tl.list_files(str(catdog / "test"), ["cat", "dog"])
     else:
-        x = np.full((5, 32, 32, 3), 255, np.uint8)
-        y = np.arange(5)
+        x, y = np.full((5, 32, 32, 3), 255, np.uint8), np.arange(5)
     images, labels = next(iter(tl.make_dataset(x[:5], y[:5], 96, 4)))
     assert images.shape == (4, 96, 96, 3) and images.dtype == tf.float32
     assert 0.0 <= images.numpy().min() and images.numpy().max() <= 1.0
     assert np.array_equal(labels.numpy(), y[:4])
 
 
-# Folder layouts as public datasets ship them -----------------------------------
+def test_data_plot_shows_each_class_as_stored_and_as_received(cifar, tmp_path):
+    splits, classes, _ = load("--max-images", "20")
+    dataset = tl.make_dataset(*splits["train"][:2], 64)
+    tl.show_data(splits["train"], dataset, classes, str(tmp_path / "data.png"))
+    assert (tmp_path / "data.png").stat().st_size > 0
+    axes = tl.plt.gcf().axes
+    assert len(axes) == 8  # 2 classes x (2 images as stored + as received)
+    for row, name in enumerate(classes):
+        stored, received = axes[4 * row].images[0].get_array(), axes[4 * row + 1].images[0].get_array()
+        assert stored.shape == (32, 32, 3) and received.shape == (64, 64, 3)
+        assert axes[4 * row].get_title().startswith(name)
+    tl.plt.close("all")
 
-COLOURS = {"cat": (200, 40, 40), "dog": (40, 40, 200)}
 
+# Folder layouts as people keep their photos -------------------------------------------------
 
 @pytest.mark.parametrize("validation_name", ["validation", "val", "valid"])
-def test_train_and_validation_folders_are_used_and_test_is_carved_from_train(validation_name, tmp_path):
-    """The layout of cats_and_dogs_filtered: DIR/train/<class>/ and DIR/validation/<class>/."""
+def test_train_and_validation_folders_are_used_and_test_is_carved_from_train(validation_name,
+                                                                             tmp_path):
     write_colour_images(tmp_path / "train", COLOURS, 20)
     write_colour_images(tmp_path / validation_name, COLOURS, 5, seed=1)
-    splits, classes, _ = load("--data-dir", str(tmp_path))
+    splits, classes, _ = load("--data-dir", tmp_path)
     assert classes == ["cat", "dog"]
-    assert all(f"/{validation_name}/" in p for p in splits["validation"][0]) and len(splits["validation"][0]) == 10
-    assert all("/train/" in p for p in splits["test"][0]) and np.bincount(splits["test"][1]).tolist() == [2, 2]
-    assert len(splits["train"][0]) == 36
+    assert all(f"/{validation_name}/" in p for p in splits["validation"][0])
+    assert len(splits["validation"][0]) == 10
+    assert all("/train/" in p for p in splits["test"][0])
+    assert np.bincount(splits["test"][1]).tolist() == [2, 2] and len(splits["train"][0]) == 36
 
 
 def test_train_val_and_test_folders_are_all_used(tmp_path):
     for split, count in (("train", 20), ("val", 4), ("test", 6)):
         write_colour_images(tmp_path / split, COLOURS, count)
-    splits, _, _ = load("--data-dir", str(tmp_path))
-    assert {name: len(x) for name, (x, _) in splits.items()} == {"train": 40, "validation": 8, "test": 12}
+    splits, _, _ = load("--data-dir", tmp_path)
+    assert {name: len(x) for name, (x, _, _) in splits.items()} == {"train": 40, "validation": 8,
+                                                                     "test": 12}
     for name, folder in (("train", "/train/"), ("validation", "/val/"), ("test", "/test/")):
         assert all(folder in p for p in splits[name][0])
+    for x, y, _ in splits.values():
+        assert np.array_equal(np.array(["/dog/" in p for p in x]), y == 1)
 
 
-def test_class_folders_named_like_splits_are_classes_in_a_flat_layout(tmp_path):
-    write_colour_images(tmp_path, {"train": (200, 40, 40), "test": (40, 40, 200)}, 20)
-    splits, classes, _ = load("--data-dir", str(tmp_path))
-    assert classes == ["test", "train"]
-    assert sum(len(x) for x, _ in splits.values()) == 40
+def test_three_classes_in_one_folder_are_split_three_ways(three_colours):
+    splits, classes, _ = load("--data-dir", three_colours)
+    assert classes == ["blue", "green", "red"]
+    for name in ("validation", "test"):  # 40 of each class: 4 of each in each carved split
+        assert np.bincount(splits[name][1]).tolist() == [4, 4, 4]
+    paths = [set(x) for x, _, _ in splits.values()]
+    assert not (paths[0] & paths[1]) and not (paths[0] & paths[2]) and not (paths[1] & paths[2])
+    assert sum(map(len, paths)) == 120
 
 
 def test_a_small_class_keeps_its_share_of_every_split(tmp_path):
     write_colour_images(tmp_path, {"a": (200, 40, 40)}, 40)
     write_colour_images(tmp_path, {"b": (40, 40, 200)}, 3, seed=1)
-    splits, _, _ = load("--data-dir", str(tmp_path))
-    for name, (_, y) in splits.items():
+    splits, _, _ = load("--data-dir", tmp_path)
+    for name, (_, y, _) in splits.items():
         assert set(y) == {0, 1}, f"{name} lacks a class: {np.bincount(y)}"
-    assert np.bincount(splits["test"][1]).tolist() == [4, 1]
 
 
 def test_a_class_too_small_to_split_is_a_one_line_error(tmp_path, capfd):
     write_colour_images(tmp_path, {"a": (200, 40, 40)}, 40)
     write_colour_images(tmp_path, {"b": (40, 40, 200)}, 2, seed=1)
     with pytest.raises(SystemExit) as exit_info:
-        load("--data-dir", str(tmp_path))
+        load("--data-dir", tmp_path)
     lines = script_lines(capfd.readouterr().err)
     assert exit_info.value.code == 2 and len(lines) == 1
     assert "class b has 2 image(s)" in lines[0] and "at least 3" in lines[0], lines[0]
 
 
-def test_metrics_settings_reproduce_the_same_split(catdog):
-    first = load("--data-dir", str(catdog), "--seed", "7")[0]
-    again = load("--data-dir", str(catdog), "--seed", "7")[0]
-    for name in first:
-        assert np.array_equal(first[name][0], again[name][0])
+def test_folders_named_only_like_splits_are_a_one_line_error(tmp_path, capfd):
+    """Kaggle's DIR/train/*.jpg and DIR/test/*.jpg without labels.csv: not two classes."""
+    for split in ("train", "test"):
+        os.makedirs(tmp_path / split)
+        for i in range(6):
+            (tmp_path / split / f"{i}.jpg").write_bytes(jpeg_bytes(np.full((8, 8, 3), i, np.uint8)))
+    with pytest.raises(SystemExit) as exit_info:
+        load("--data-dir", tmp_path)
+    lines = script_lines(capfd.readouterr().err)
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert "labels.csv" in lines[0] and "<class>" in lines[0], lines[0]
 
 
-# Files that are not images, and names that are not UTF-8 -----------------------
+def test_labels_csv_gives_the_classes_kaggle_style(tmp_path, capfd):
+    """DIR/train/<id>.jpg, DIR/test/<id>.jpg (unlabelled) and DIR/labels.csv: id,breed."""
+    rows, rng = ["id,breed"], np.random.default_rng(0)
+    for split in ("train", "test"):
+        os.makedirs(tmp_path / split)
+    for i in range(30):
+        breed = ["beagle", "collie", "pug"][i % 3]
+        pixels = np.clip(np.array([(200, 40, 40), (40, 200, 40), (40, 40, 200)][i % 3])
+                         + rng.integers(-30, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+        (tmp_path / "train" / f"dog{i:02d}.jpg").write_bytes(jpeg_bytes(pixels))
+        (tmp_path / "test" / f"unknown{i:02d}.jpg").write_bytes(jpeg_bytes(pixels))
+        rows.append(f"dog{i:02d},{breed}")  # Kaggle leaves the extension out
+    rows.append("missing_photo,pug")
+    (tmp_path / "train" / "stray.jpg").write_bytes(jpeg_bytes(np.zeros((8, 8, 3), np.uint8)))
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    splits, classes, _ = load("--data-dir", tmp_path)
+    assert classes == ["beagle", "collie", "pug"]
+    for x, y, _ in splits.values():
+        numbers = np.array([int(os.path.basename(p)[3:5]) for p in x])
+        assert np.array_equal(numbers % 3, y) and all("/train/" in p for p in x)
+    assert sum(len(y) for _, y, _ in splits.values()) == 30
+    warnings = [line for line in script_lines(capfd.readouterr().err) if line.startswith("warning")]
+    assert len(warnings) == 1 and "1 row(s)" in warnings[0] and "1 file(s)" in warnings[0]
 
-def test_stray_files_are_skipped_with_one_shortened_warning(tmp_path):
+
+# Photos as phones take them -------------------------------------------------------------------
+
+def portrait(height=48, width=36):
+    """An upright test card: a red top, a blue bottom, a green left stripe."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[: height // 2, :, 0] = 220
+    pixels[height // 2:, :, 2] = 220
+    pixels[:, : width // 6, 1] = 220
+    return pixels
+
+
+def test_a_photo_stored_sideways_with_exif_orientation_is_read_upright(tmp_path):
+    upright = portrait()
+    (tmp_path / "upright.jpg").write_bytes(jpeg_bytes(upright, quality=95))
+    # A phone stores a portrait shot as the sensor saw it, turned a quarter anticlockwise, and
+    # tags it with orientation 6: "turn me a quarter clockwise to show me".
+    sideways = np.rot90(upright, k=1).copy()
+    (tmp_path / "sideways.jpg").write_bytes(jpeg_bytes(sideways, quality=95, orientation=6))
+    read = tl.read_photo(str(tmp_path / "sideways.jpg"), 48)
+    assert read.shape == upright.shape
+    assert np.abs(read.astype(int) - upright).mean() < 8
+    assert np.abs(tl.read_photo(str(tmp_path / "upright.jpg"), 48).astype(int) - upright).mean() < 8
+
+
+def test_a_large_jpeg_is_decoded_at_the_smallest_scale_that_keeps_the_image_size(tmp_path):
+    big = np.kron(portrait(60, 80), np.ones((40, 40, 1), np.uint8))  # 2400 x 3200
+    (tmp_path / "big.jpg").write_bytes(jpeg_bytes(big))
+    for size, short_side in ((224, 300), (64, 300), (400, 600), (1200, 1200), (2400, 2400)):
+        assert tl.read_photo(str(tmp_path / "big.jpg"), size).shape[0] == short_side, size
+
+
+def test_the_readability_check_reads_a_jpeg_header_without_decoding_it(tmp_path, monkeypatch):
+    pixels = np.kron(portrait(), np.ones((20, 20, 1), np.uint8))
+    data = jpeg_bytes(pixels)
+    (tmp_path / "whole.jpg").write_bytes(data)
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])  # a copy cut short
+    decoded = []
+    load_pixels = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda self: decoded.append(self.filename) or load_pixels(self))
+    assert tl.is_readable(str(tmp_path / "whole.jpg")) and not tl.is_readable(str(tmp_path / "cut.jpg"))
+    assert decoded == []
+
+
+def test_copies_across_splits_are_named_in_one_warning(tmp_path, capfd):
+    write_colour_images(tmp_path / "train", COLOURS, 12, jpeg=True)
+    write_colour_images(tmp_path / "val", COLOURS, 3, seed=2, jpeg=True)
+    write_colour_images(tmp_path / "test", COLOURS, 4, seed=1, jpeg=True)
+    copied = tmp_path / "test" / "dog" / "copy.jpg"
+    copied.write_bytes((tmp_path / "train" / "dog" / "005.jpg").read_bytes())
+    _, _, results = load("--data-dir", tmp_path)
+    warnings = [line for line in script_lines(capfd.readouterr().err) if line.startswith("warning")]
+    assert len(warnings) == 1 and "1 validation or test photo(s)" in warnings[0]
+    assert str(copied) in warnings[0] and "005.jpg" in warnings[0]
+    assert results["copies_across_splits"] == [f"{copied} = {tmp_path / 'train' / 'dog' / '005.jpg'}"]
+
+
+# Files that are not images, and names that are not UTF-8 ---------------------------------------
+
+def test_stray_files_are_skipped_with_one_shortened_warning(tmp_path, module32):
     data = write_colour_images(tmp_path / "data", COLOURS, 10)
     stray = ["scan.tif", "photo.heic", "notes.txt", "Thumbs.db", "clip.mp4", "raw.cr2", "a.psd"]
     for name in stray:
-        (data / "cat" / name).write_bytes(b"not something TensorFlow decodes")
+        (data / "cat" / name).write_bytes(b"not something it can decode")
     (data / "dog" / "._hidden.jpg").write_bytes(b"AppleDouble")  # hidden: silently ignored
-    out = tmp_path / "run"
-    result = run_script("--data-dir", data, "--model-handle", "no-such-module", "--no-show",
-                        "--output-dir", out)
+    result = run_script("--data-dir", data, "--model-handle", module32, "--image-size", 32,
+                        "--epochs", 1, "--no-show", "--output-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-2000:]
     warnings = [line for line in script_lines(result.stderr) if line.startswith("warning:")]
     assert len(warnings) == 1, result.stderr
     assert "skipped 7 file(s)" in warnings[0] and "metrics.json" in warnings[0]
@@ -184,6 +288,6 @@ def test_a_file_name_that_is_not_utf8_is_skipped_not_a_traceback(tmp_path):
     bad_name = os.path.join(os.fsencode(tmp_path / "cat"), b"caf\xe9.png")
     with open(bad_name, "wb") as f:
         f.write(open(tmp_path / "cat" / "000.png", "rb").read())
-    splits, _, results = load("--data-dir", str(tmp_path))
-    assert sum(len(x) for x, _ in splits.values()) == 20
+    splits, _, results = load("--data-dir", tmp_path)
+    assert sum(len(x) for x, _, _ in splits.values()) == 20
     assert len(results["skipped_files"]) == 1 and "caf\\xe9.png" in results["skipped_files"][0]

@@ -1,4 +1,4 @@
-"""The whole run as a user starts it: files written, model exported and reloadable."""
+"""The whole run as a user starts it: the lesson's output, every file written, the model exported."""
 import json
 import os
 
@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import exported_base_weights, run_script, tl
+from conftest import fake_cifar10, run_main, run_script, tl
+
+FILES = ["data.png", "history.png", "predictions.png", "confusion_matrix.png", "where_it_looks.png",
+         "predictions.csv", "labels.txt", "metrics.json", "model/saved_model.pb"]
+STEPS = ["1. Data", "2. Model", "3. Bottleneck features", "4. Training the head", "5. Evaluation",
+         "6. Plots", "7. Export"]
 
 
 @pytest.fixture(scope="module")
@@ -21,73 +26,94 @@ def default_run(catdog, hub_cache, tmp_path_factory):
 
 def test_every_output_file_is_written(default_run):
     out, result = default_run
-    for name in ["history.png", "predictions.png", "confusion_matrix.png", "where_it_looks.png",
-                 "labels.txt", "metrics.json", "model/saved_model.pb"]:
+    for name in FILES:
         assert os.path.getsize(out / name) > 0, name
     assert not os.path.exists(str(out) + ".partial")
     assert open(out / "labels.txt").read() == "cat\ndog\n"
-    assert "Running on CPU" in result.stdout or "Running on GPU" in result.stdout
+    assert "Running on the CPU" in result.stdout or "Running on the GPU" in result.stdout
+
+
+def test_the_lesson_prints_its_steps_and_reads_its_results_aloud(default_run):
+    out, result = default_run
+    printed = result.stdout
+    positions = [printed.index(f"== {step} ==") for step in STEPS]
+    assert positions == sorted(positions)
+    assert "The network gets batches of shape (32, 224, 224, 3)" in printed
+    assert "train: features of shape (108, 11)" in printed  # the test module gives 11 numbers
+    assert "Kept epoch" in printed and "overfitting" in printed
+    assert "95% interval" in printed
+    assert printed.rstrip().splitlines()[-1] == f"Saved the run to {out}/"
+    tail = printed[printed.index("What to try next:"):]
+    for command in ("--dropout", "--data-dir", "--fine-tune-epochs", f"--predict photo.jpg "
+                    f"--model-dir {out}"):
+        assert command in tail
 
 
 def test_metrics_report_the_run(default_run):
     out, _ = default_run
     m = json.load(open(out / "metrics.json"))
-    assert m["classes"] == ["cat", "dog"]
-    assert (m["num_train"], m["num_val"], m["num_test"]) == (108, 12, 40)
+    assert m["classes"] == ["cat", "dog"] and m["output_dir"] == str(out)
+    assert (m["num_train"], m["num_validation"], m["num_test"]) == (108, 12, 40)
     settings = m["settings"]  # every flag, so that the run can be repeated
     assert settings["model_handle"] == tl.DEFAULT_HANDLE and settings["image_size"] == 224
-    assert (settings["epochs"], settings["seed"], settings["batch_size"], settings["dropout"]) == (3, 42, 64, 0.2)
+    assert (settings["epochs"], settings["seed"], settings["batch_size"], settings["dropout"]) == (
+        3, 42, 64, 0.2)
     assert set(vars(tl.parse_args([]))) == set(settings)
-    assert {"python", "tensorflow", "tensorflow_hub"} <= set(m["versions"])
+    assert {"python", "tensorflow", "tensorflow_hub", "litert"} <= set(m["versions"])
     assert 0 <= m["accuracy_before_training"] <= 1 and 0 <= m["test_accuracy"] <= 1
+    assert 1 <= m["kept_epoch"] <= 3 and 0 <= m["train_accuracy"] <= 1
     assert m["test_loss"] > 0 and np.sum(m["confusion_matrix"]) == 40
-    assert m["features_with"] == "keras"  # 160 images: not worth converting for LiteRT
-    assert m["export_check"]["passed"] and m["export_check"]["same_class"] == 1
-    assert list(m["seconds"]) == ["1. Data", "2. Model", "3. Bottleneck features", "4. Training the head",
-                                  "5. Evaluation", "6. Plots", "7. Export"]
+    assert m["features_with"] == "keras" and m["features_from_cache"] is False  # 160 images
+    assert m["export_check"]["passed"]
+    assert list(m["seconds"]) == STEPS and m["copies_across_splits"] == []
 
 
-def test_exported_model_reproduces_the_reported_test_accuracy(default_run, catdog, hub_cache):
+def test_exported_model_reproduces_the_reported_test_accuracy(default_run, catdog):
     out, _ = default_run
     m = json.load(open(out / "metrics.json"))
     model = tf.saved_model.load(str(out / "model"))  # plain TensorFlow, as a user would
-    x, y = tl.list_files(str(catdog / "test"), ["cat", "dog"])
-    probabilities = np.concatenate([model.serve(images).numpy() for images, _ in tl.make_dataset(x, y, 224, 64)])
-    assert model.signatures["serving_default"].inputs[0].shape.as_list() == [None, 224, 224, 3]
+    x, y, _ = tl.list_files(str(catdog / "test"), ["cat", "dog"])
+    probabilities = np.concatenate([model.serve(tl.read_photo(path, 224)[None]).numpy()
+                                    for path in x])
     assert probabilities.shape == (40, 2) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
     assert np.mean(probabilities.argmax(1) == y) == pytest.approx(m["test_accuracy"])
     confusion = tf.math.confusion_matrix(y, probabilities.argmax(1)).numpy()
     assert confusion.tolist() == m["confusion_matrix"]
 
 
-def test_exported_base_weights_are_the_modules_own(default_run, hub_cache):
-    out, _ = default_run
-    digest = os.listdir(hub_cache)[0]
-    module = tf.saved_model.load(os.path.join(hub_cache, digest))
-    original = {v.name: v.numpy() for v in module.variables}
-    exported = exported_base_weights(out)
-    assert exported.keys() == original.keys()
-    for name in original:
-        np.testing.assert_array_equal(exported[name], original[name])
-
-
-def test_cifar10_run_in_process_with_load_data_patched(module32, monkeypatch, tmp_path):
-    from test_data import fake_cifar10
-    data = fake_cifar10(200, 60)
+@pytest.fixture
+def quick_cifar_run(module32, monkeypatch, tmp_path):
+    """A quick run on CIFAR-10 (patched: no download), as `--max-images 64` gives."""
+    data = fake_cifar10(4000, 2000)
     monkeypatch.setattr(tf.keras.datasets.cifar10, "load_data", lambda: data)
-    assert tl.main(["--model-handle", module32, "--image-size", "32", "--epochs", "2",
-                    "--output-dir", str(tmp_path / "run"), "--no-show"]) == 0
-    m = json.load(open(tmp_path / "run" / "metrics.json"))
-    cats_and_dogs = np.isin(data[0][1], [3, 5]).sum()
+    def run(*extra):
+        out = tmp_path / f"run{len(os.listdir(tmp_path))}"
+        status, metrics = run_main("--model-handle", module32, "--image-size", 32, "--epochs", 2,
+                                   "--max-images", 64, "--no-show", "--output-dir", out, *extra)
+        assert status == 0
+        return out, metrics
+    return data, run
+
+
+def test_a_quick_cifar10_run_writes_everything(quick_cifar_run, capsys):
+    data, run = quick_cifar_run
+    out, m = run()
+    printed = capsys.readouterr().out
+    for name in FILES:
+        assert os.path.getsize(out / name) > 0, name
     assert m["data"] == "CIFAR-10" and m["classes"] == ["cat", "dog"] and m["settings"]["data_dir"] is None
-    assert m["num_train"] + m["num_val"] == cats_and_dogs
-    assert m["num_test"] == np.isin(data[1][1], [3, 5]).sum()
+    assert (m["num_train"], m["num_validation"], m["num_test"]) == (64, 64, 64)
+    assert "Kept epoch" in printed and "training accuracy" in printed and "validation" in printed
+    assert "What to try next:" in printed
+    with open(out / "predictions.csv") as f:
+        assert all(line.startswith("CIFAR-10 test image ") for line in f.read().splitlines()[1:])
 
 
-def test_separable_classes_are_learned_well_above_chance(module32, three_colours, tmp_path):
-    assert tl.main(["--data-dir", str(three_colours), "--model-handle", module32,
-                    "--image-size", "32", "--epochs", "30", "--learning-rate", "0.01",
-                    "--output-dir", str(tmp_path / "run"), "--no-show"]) == 0
-    m = json.load(open(tmp_path / "run" / "metrics.json"))
-    assert m["classes"] == ["blue", "green", "red"]
-    assert m["test_accuracy"] >= 0.9 > m["accuracy_before_training"] + 0.2
+def test_a_quick_fine_tuning_run_reports_the_test_accuracy_before_and_after(quick_cifar_run,
+                                                                           capsys):
+    _, run = quick_cifar_run
+    _, m = run("--fine-tune-epochs", 1)
+    assert 0 <= m["test_accuracy_head_alone"] <= 1 and 0 <= m["test_accuracy"] <= 1
+    printed = capsys.readouterr().out
+    assert (f"Test accuracy: {m['test_accuracy_head_alone']:.4f} with the head alone, "
+            f"{m['test_accuracy']:.4f} after training on the images.") in printed

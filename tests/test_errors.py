@@ -114,6 +114,8 @@ def fake_run(folder):
     ("--validation-split", -0.1), ("--validation-split", "nan"),
     ("--dropout", 1), ("--dropout", 1.5), ("--dropout", -0.1),
     ("--image-size", 31), ("--image-size", 0), ("--image-size", -224),
+    ("--learning-rate", 0), ("--learning-rate", -0.1), ("--fine-tune-learning-rate", 0),
+    ("--fine-tune-epochs", -1), ("--max-images", 0),
 ])
 def test_nonsense_flag_is_refused(flag, value, module32, colours, tmp_path, capfd):
     out = tmp_path / "out"
@@ -151,7 +153,7 @@ def data_dir_case(case, tmp_path):
         (root / "green").mkdir()
         (root / "green" / "notes.txt").write_text("no images here")
         (root / "green" / ".hidden.jpg").write_bytes(b"hidden")
-        return root, root / "green"
+        return root, ("green", root)
     if case == "test class folder without images":
         write_colour_images(root / "train", COLOURS, 4)
         write_colour_images(root / "test", {"red": COLOURS["red"]}, 2)
@@ -197,6 +199,42 @@ def feature_map_module(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("feature_map"))
     tf.saved_model.save(tf.keras.Model(images, maps), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def classifier_modules(tmp_path_factory):
+    """Modules that return class scores: ImageNet's 1001 probabilities, or 1000 logits."""
+    folders = {}
+    for name, classes, activation in (("softmax", 1001, "softmax"), ("logits", 1000, None)):
+        images = tf.keras.Input((32, 32, 3))
+        pooled = tf.keras.layers.GlobalAveragePooling2D()(images)
+        scores = tf.keras.layers.Dense(classes, activation=activation)(pooled)
+        folders[name] = str(tmp_path_factory.mktemp(name))
+        tf.saved_model.save(tf.keras.Model(images, scores), folders[name])
+    return folders
+
+
+@pytest.mark.parametrize("kind", ["softmax", "logits"])
+def test_a_classifier_module_is_refused_naming_the_feature_vector_to_use(kind, classifier_modules,
+                                                                        colours, tmp_path, capfd):
+    line = main_error(capfd, *quick(classifier_modules[kind]), "--data-dir", colours,
+                      "--output-dir", tmp_path / "out")
+    assert classifier_modules[kind] in line and "class scores" in line and tl.DEFAULT_HANDLE in line
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_a_half_downloaded_module_names_its_folder_and_says_to_delete_it(tmp_path, colours, module32):
+    """A first run cut short while TF Hub downloaded the module: saved_model.pb, no variables."""
+    cache = tmp_path / "tfhub_cache"
+    folder = cache / hashlib.sha1(tl.DEFAULT_HANDLE.encode()).hexdigest()
+    os.makedirs(folder / "variables")
+    with open(os.path.join(module32, "saved_model.pb"), "rb") as f:
+        (folder / "saved_model.pb").write_bytes(f.read())
+    result = run_script("--data-dir", colours, "--image-size", 32, "--epochs", 1, "--no-show",
+                        "--output-dir", tmp_path / "out", env={"TFHUB_CACHE_DIR": str(cache)})
+    line = assert_one_line_error(result.returncode, result.stderr, tl.DEFAULT_HANDLE, folder)
+    assert "delete" in line and "offline" not in line
+    assert_nothing_left(tmp_path / "out")
 
 
 def model_handle_case(case, tmp_path, module32, feature_map_module):
@@ -422,7 +460,7 @@ def test_metrics_count_the_images_used(finished_run, messy_dataset):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["classes"] == ["blue", "red"]
-    assert metrics["num_train"] + metrics["num_val"] + metrics["num_test"] == usable
+    assert metrics["num_train"] + metrics["num_validation"] + metrics["num_test"] == usable
     assert sorted(os.path.basename(p) for p in metrics["skipped_files"]) == damaged
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["num_test"]
 
@@ -468,23 +506,36 @@ def test_errors_end_to_end(case, tmp_path, colours, module32):
 # Ctrl-C
 # ----------------------------------------------------------------------------
 
-def start_script(*args):
-    """Popen the script; its stdout lines arrive on a queue (None at the end), stderr in a list."""
+def start_script(*args, python_flags=()):
+    """Popen the script; the lines it prints arrive on a queue (None at the end), stderr's also
+    in a list."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # A shell that runs the tests in the background starts them with Ctrl-C ignored: undo that.
-    process = subprocess.Popen([sys.executable, SCRIPT, *map(str, args)], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    process = subprocess.Popen([sys.executable, *python_flags, SCRIPT, *map(str, args)], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines, stderr = queue.Queue(), []
-    def read_stdout():
-        for line in process.stdout:
+    def read(stream, into):
+        for line in stream:
+            into.append(line)
             lines.put(line)
         lines.put(None)
-    process.readers = [threading.Thread(target=read_stdout, daemon=True),
-                       threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)]
+    process.readers = [threading.Thread(target=read, args=(process.stdout, []), daemon=True),
+                       threading.Thread(target=read, args=(process.stderr, stderr), daemon=True)]
     for reader in process.readers:
         reader.start()
     return process, lines, stderr
+
+
+def wait_for(process, lines, stderr, text):
+    """Until the process prints a line containing text; it must still be running then."""
+    deadline = time.monotonic() + 180
+    while True:
+        line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        if line is not None and text in line:
+            break
+        if line is None and process.poll() is not None:
+            pytest.fail(f"the script ended before it printed {text!r}:\n" + "".join(stderr))
 
 
 def interrupt_and_wait(process, stderr):
@@ -517,12 +568,7 @@ def test_ctrl_c_while_working_exits_promptly_and_saves_nothing(tmp_path, module3
     args = quick(module32, epochs=100000)  # it cannot finish before the Ctrl-C
     process, lines, stderr = start_script(*args, "--data-dir", data, "--output-dir", out)
     try:
-        deadline, seen = time.monotonic() + 180, ""
-        while "Computing" not in seen:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, "the script ended before it started working:\n" + "".join(stderr)
-            seen += line
-        time.sleep(1)
+        wait_for(process, lines, stderr, "Epoch 1/")  # training, with 100000 epochs to go
         assert process.poll() is None
         assert not os.path.exists(out), "the run folder appeared before the run finished"
         assert os.path.isdir(str(out) + ".partial")
@@ -535,10 +581,16 @@ def test_ctrl_c_while_working_exits_promptly_and_saves_nothing(tmp_path, module3
 
 
 def test_ctrl_c_while_starting_up_exits_cleanly(tmp_path, fast, colours):
-    """Ctrl-C during the seconds it takes to import TensorFlow."""
+    """Ctrl-C during the seconds it takes to import TensorFlow: python -X importtime reports each
+    module as it is imported, so the signal goes when TensorFlow's own modules have started."""
     out = tmp_path / "out"
-    process, _, stderr = start_script(*fast, "--data-dir", colours, "--output-dir", out)
-    time.sleep(1.5)
+    process, lines, stderr = start_script(*fast, "--data-dir", colours, "--output-dir", out,
+                                          python_flags=["-X", "importtime"])
+    try:
+        wait_for(process, lines, stderr, "tensorflow.python")
+    except BaseException:
+        process.kill()
+        raise
     assert process.poll() is None
     seconds, err = interrupt_and_wait(process, stderr)
     assert_interrupted_cleanly(process, seconds, err, out)
@@ -550,22 +602,14 @@ def test_mistyped_flag_is_one_line_error(argv, capfd):
     assert argv[0] in line and line.startswith("error:"), line
 
 
+def test_predict_without_model_dir_is_a_one_line_error(capfd, tmp_path):
+    line = main_error(capfd, "--predict", tmp_path / "photo.jpg")
+    assert "--predict" in line and "--model-dir" in line, line
+
+
 # ----------------------------------------------------------------------------
 # Nothing lost at the last step
 # ----------------------------------------------------------------------------
-
-def test_export_check_mismatch_is_reported_and_the_files_kept(module32, tmp_path, capfd):
-    model = tl.build_model(module32, 32, 2, 0.0)[0]
-    images = np.random.default_rng(0).random((6, 32, 32, 3)).astype(np.float32)
-    probabilities = model.predict(images, verbose=0)
-    shifted = probabilities + np.array([0.2, -0.2], np.float32)  # as if another device had computed them
-    check = tl.export_model(model, ["a", "b"], str(tmp_path), images, shifted, 1e-3)
-    assert check["passed"] is False and check["largest_difference"] == pytest.approx(0.2, abs=1e-3)
-    assert os.path.isfile(tmp_path / "model" / "saved_model.pb") and os.path.isfile(tmp_path / "labels.txt")
-    lines = script_lines(capfd.readouterr().err)
-    assert len(lines) == 1 and lines[0].startswith("warning:") and "metrics.json" in lines[0]
-    assert tl.export_model(model, ["a", "b"], str(tmp_path / "again"), images, probabilities, 1e-3)["passed"]
-
 
 def test_a_failing_export_keeps_the_finished_run(module32, colours, tmp_path, monkeypatch, capfd):
     def broken_export(*args):
@@ -604,14 +648,14 @@ def test_ctrl_c_while_the_plots_are_shown_exits_130_and_keeps_the_run(module32, 
 def test_ctrl_c_swallowed_inside_tensorflow_still_ends_the_run(module32, colours, tmp_path, monkeypatch, capfd):
     """A KeyboardInterrupt raised inside TensorFlow's own code can be swallowed there."""
     exit_raises(monkeypatch)
-    train = tl.train
+    train = tl.fit_keeping_the_best_epoch
     def train_after_a_swallowed_ctrl_c(*args):
         try:
             signal.raise_signal(signal.SIGINT)
         except KeyboardInterrupt:
             pass
         return train(*args)
-    monkeypatch.setattr(tl, "train", train_after_a_swallowed_ctrl_c)
+    monkeypatch.setattr(tl, "fit_keeping_the_best_epoch", train_after_a_swallowed_ctrl_c)
     out, before = tmp_path / "out", signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as exit:
         tl.main([*quick(module32), "--data-dir", str(colours), "--output-dir", str(out)])

@@ -1,5 +1,6 @@
-"""2-3. Model, bottleneck features and training: frozen base, trainable head."""
+"""2-4. The model, the bottleneck features and the head: frozen base, trained head, honest choices."""
 import json
+import math
 import subprocess
 import sys
 
@@ -7,17 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SCRIPT, REPO, script_lines, tl
+from conftest import REPO, SCRIPT, run_main, script_lines, tl, write_colour_images
 
-
-def test_only_the_head_is_trainable(module32):
-    model, base, extractor, head = tl.build_model(module32, 32, 3, 0.2)
-    assert model.output_shape == (None, 3)
-    assert extractor.output_shape == head.input_shape
-    assert [w.name.split("/")[0] for w in model.trainable_weights] == ["classifier", "classifier"]
-    assert base.non_trainable_weights and base is model.get_layer("mobilenet_v2")
-    probabilities = model.predict(np.random.rand(4, 32, 32, 3).astype("float32"), verbose=0)
-    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+FAST = ["--image-size", "32", "--no-show"]
 
 
 def colour_split(n, seed):
@@ -26,94 +19,190 @@ def colour_split(n, seed):
     y = rng.integers(0, 3, n)
     x = rng.integers(0, 120, (n, 32, 32, 3))
     x[np.arange(n), :, :, y] += 135
-    return x.astype(np.uint8), y
+    return x.astype(np.uint8), y, np.array([f"image {i}" for i in range(n)])
 
 
-def features_of(extractor, split, batch_size=32, runtime="keras"):
-    x, y = split
-    features = tl.feature_function(extractor, runtime)(tl.make_dataset(x, y, 32, 64))
-    return tf.data.Dataset.from_tensor_slices((features, y)).batch(batch_size)
+def build(module, classes=3, dropout=0.2):
+    return tl.build_model(tl.load_module(module, 32), 32, classes, dropout)
 
 
-def test_training_the_head_trains_the_model_and_leaves_the_base_frozen(module32):
+def frozen_state(base):
+    """Every weight of the base, BatchNorm's moving averages included."""
+    return [w.numpy().copy() for w in base.weights]
+
+
+def test_only_the_head_is_trainable(module32):
+    model, base, extractor, head = build(module32)
+    assert model.output_shape == (None, 3) and extractor.output_shape == head.input_shape
+    assert [w.name.split("/")[0] for w in model.trainable_weights] == ["classifier", "classifier"]
+    assert base.non_trainable_weights and base is model.get_layer("mobilenet_v2")
+    probabilities = model.predict(np.random.rand(4, 32, 32, 3).astype("float32"), verbose=0)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_training_the_whole_model_on_images_leaves_the_frozen_base_unchanged(module32):
+    """Not just the head: the whole model, so an unfrozen base or BatchNorm in training mode
+    would show."""
     tf.keras.utils.set_random_seed(0)
-    model, base, extractor, head = tl.build_model(module32, 32, 3, 0.2)
-    base_before = [w.numpy().copy() for w in base.weights]
-    head_before = [w.numpy().copy() for w in model.get_layer("classifier").weights]
-    train, val = colour_split(240, 0), colour_split(60, 1)
-    features = features_of(extractor, train)
-    assert next(iter(features))[0].shape == (32, extractor.output_shape[1])
-    tl.compile_for_training(head, 1e-2)
-    history = tl.train(head, features, features_of(extractor, val), 30)
-    assert len(history["loss"]) == 30
-    for before, after in zip(base_before, base.weights):
-        np.testing.assert_array_equal(before, after.numpy())
-    assert any(not np.allclose(b, a.numpy()) for b, a in zip(head_before, model.get_layer("classifier").weights))
-    # The end-to-end model, on images, is as good as the head was on features.
-    result = tl.evaluate(model, tl.make_dataset(*val, 32, 64), val[1], 3)
-    assert result["accuracy"] > 0.8, result["accuracy"]  # chance is 1/3
-    assert result["confusion"].sum() == 60 and np.trace(result["confusion"]) == round(result["accuracy"] * 60)
-    assert result["probabilities"].shape == (60, 3) and result["loss"] > 0
+    model, base, _, _ = build(module32)
+    before, head_before = frozen_state(base), model.get_layer("classifier").get_weights()
+    x, y, _ = colour_split(64, 0)
+    tl.compile_for_training(model, 0.1)
+    model.fit(tl.make_dataset(x, y, 32, 16), epochs=2, verbose=0)
+    for old, new in zip(before, frozen_state(base)):
+        np.testing.assert_array_equal(old, new)
+    assert not np.allclose(head_before[0], model.get_layer("classifier").get_weights()[0])
 
 
-def test_keeps_the_weights_of_the_epoch_with_the_lowest_validation_loss(module32):
+def test_features_are_the_frozen_base_output_one_row_per_image(module32):
+    _, _, extractor, _ = build(module32)
+    splits = {"train": colour_split(70, 1), "validation": colour_split(20, 2),
+              "test": colour_split(33, 3)}
+    datasets = {name: tl.make_dataset(x, y, 32) for name, (x, y, _) in splits.items()}
+    args = tl.parse_args(["--features-with", "keras", "--no-cache", *FAST])
+    results = {}
+    features = tl.compute_features(extractor, datasets, splits, args, results)
+    for name, (x, _, _) in splits.items():
+        assert features[name].shape == (len(x), extractor.output_shape[1])
+        expected = extractor.predict(x.astype(np.float32) / 255, verbose=0)
+        np.testing.assert_allclose(features[name], expected, atol=1e-5)
+    assert results == {"features_from_cache": False, "features_with": "keras"}
+
+
+def test_the_head_learns_separable_classes_well_above_chance(module32, three_colours, tmp_path):
+    status, m = run_main("--data-dir", three_colours, "--model-handle", module32, "--epochs", 30,
+                         "--learning-rate", 0.01, "--output-dir", tmp_path / "run", *FAST)
+    assert status == 0 and m["classes"] == ["blue", "green", "red"]
+    assert m["test_accuracy"] >= 0.9 > m["accuracy_before_training"] + 0.2
+
+
+def test_the_kept_epoch_has_the_lowest_validation_loss(module32):
+    """Validation labels that contradict training: the better the head learns, the worse
+    validation gets, so the epoch to keep is an early one, not the last."""
     tf.keras.utils.set_random_seed(0)
-    _, _, extractor, head = tl.build_model(module32, 32, 3, 0.0)
-    x_val, y_val = colour_split(60, 1)
-    train = features_of(extractor, colour_split(120, 0), 16)
-    # Validation labels that contradict training: the better the head learns,
-    # the worse validation gets, so the best epoch is an early one.
-    val = features_of(extractor, (x_val, (y_val + 1) % 3))
-    tl.compile_for_training(head, 0.05)
-    history = tl.train(head, train, val, 8)
-    assert min(history["val_loss"]) < history["val_loss"][-1]
-    final_loss = head.evaluate(val, verbose=0)[0]
-    assert np.isclose(final_loss, min(history["val_loss"]), rtol=1e-4)
+    _, _, extractor, head = build(module32, dropout=0.0)
+    train, val = colour_split(120, 0), colour_split(60, 1)
+    val = (val[0], (val[1] + 1) % 3, val[2])
+    features = {name: extractor.predict(x.astype(np.float32) / 255, verbose=0)
+                for name, (x, _, _) in (("train", train), ("validation", val))}
+    args = tl.parse_args(["--epochs", "8", "--learning-rate", "0.05", "--batch-size", "16"])
+    results = {}
+    # No test split at all: if training looked at the test images it would fail with a KeyError.
+    history = tl.train_head(head, features, {"train": train, "validation": val}, ["r", "g", "b"],
+                            args, results)
+    kept = int(np.argmin(history["val_loss"]))
+    assert kept < 7 and results["kept_epoch"] == kept + 1
+    loss, accuracy = head.evaluate(features["validation"], val[1], verbose=0)
+    assert loss == pytest.approx(history["val_loss"][kept], rel=1e-4)
+    assert results["val_accuracy"] == history["val_accuracy"][kept] == pytest.approx(accuracy)
+    assert results["train_accuracy"] == history["accuracy"][kept]
 
 
-# Bottleneck features through LiteRT -------------------------------------------
+def test_the_test_images_never_choose_the_epoch(module32, tmp_path):
+    """Test images whose labels are swapped: if they chose the epoch, it would be the first."""
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    write_colour_images(tmp_path / "data" / "train", colours, 30)
+    write_colour_images(tmp_path / "data" / "val", colours, 10, seed=1)
+    write_colour_images(tmp_path / "data" / "test", {"red": colours["blue"],
+                                                     "blue": colours["red"]}, 10, seed=2)
+    status, m = run_main("--data-dir", tmp_path / "data", "--model-handle", module32, "--epochs", 6,
+                         "--learning-rate", 0.02, "--dropout", 0, "--output-dir",
+                         tmp_path / "run", *FAST)
+    assert status == 0 and m["test_accuracy"] < 0.5  # the test labels really are swapped
+    assert m["kept_epoch"] == 6
+
+
+def test_test_loss_is_the_cross_entropy_of_the_true_class(tmp_path):
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32)
+    labels = np.array([0, 1, 1, 0])
+    model = tf.keras.Sequential([tf.keras.layers.Lambda(lambda x: x)])
+    results = {}
+    tl.evaluate(model, probabilities, (np.zeros(4), labels, np.array(list("abcd"))), ["x", "y"],
+                str(tmp_path), results)
+    expected = -np.mean(np.log([0.9, 0.8, 0.4, 0.3]))
+    assert results["test_loss"] == pytest.approx(expected, rel=1e-5)
+    assert results["test_accuracy"] == 0.5 and results["per_class_accuracy"] == {"x": 0.5, "y": 0.5}
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """What main builds and trains on, recorded as it goes."""
+    seen = {}
+    build_model, fit = tl.build_model, tl.fit_keeping_the_best_epoch
+    def recording_build(*args):
+        seen["model"], seen["base"], seen["extractor"], seen["head"] = built = build_model(*args)
+        return built
+    def recording_fit(model, training, validation, epochs):
+        seen.setdefault("training", training)
+        return fit(model, training, validation, epochs)
+    monkeypatch.setattr(tl, "build_model", recording_build)
+    monkeypatch.setattr(tl, "fit_keeping_the_best_epoch", recording_fit)
+    return seen
+
+
+def test_dropout_and_batch_size_reach_the_head_and_its_batches_are_shuffled(
+        module32, three_colours, tmp_path, captured):
+    status, m = run_main("--data-dir", three_colours, "--model-handle", module32, "--epochs", 1,
+                         "--dropout", 0.37, "--batch-size", 10, "--output-dir", tmp_path / "run",
+                         *FAST)
+    assert status == 0 and captured["model"].get_layer("dropout").rate == pytest.approx(0.37)
+    batches = list(captured["training"])
+    assert len(batches) == math.ceil(m["num_train"] / 10) and len(batches[0][0]) == 10
+    first = np.concatenate([y.numpy() for _, y in batches])
+    again = np.concatenate([y.numpy() for _, y in captured["training"]])
+    assert sorted(first) == sorted(again) and len(first) == m["num_train"]
+    assert list(first) != sorted(first), "the training features are in class order"
+    assert list(first) != list(again), "the order is not new in every epoch"
+
+
+# LiteRT for the feature pass ------------------------------------------------------------------
 
 needs_litert = pytest.mark.skipif(tl.LiteRT is None, reason="LiteRT has no wheel for this platform")
 
 
 @needs_litert
 def test_litert_features_equal_keras_features(module32):
-    _, _, extractor, _ = tl.build_model(module32, 32, 3, 0.2)
-    images = tl.make_dataset(*colour_split(70, 2), 32, 32)  # 32 + 32 + 6: the last batch is smaller
-    keras = tl.feature_function(extractor, "keras")(images)
-    litert = tl.feature_function(extractor, "litert")(images)
+    _, _, extractor, _ = build(module32)
+    x, y, _ = colour_split(70, 2)
+    images = tl.make_dataset(x, y, 32, 32)  # 32 + 32 + 6: the last batch is smaller
+    keras = extractor.predict(images, verbose=0)
+    litert = tl.litert_predict(extractor)(images)
     assert litert.shape == keras.shape == (70, extractor.output_shape[1])
     np.testing.assert_allclose(litert, keras, atol=1e-4)
 
 
-@pytest.mark.parametrize("images, device, runtime", [
-    (300, "CPU", "keras"),     # --max-images 100: three splits of 100 do not repay the conversion
-    (1500, "CPU", "litert"),   # --max-images 500: measured faster with LiteRT, conversion included
+@pytest.mark.parametrize("images, device, chosen", [
+    (300, "CPU", "keras"),     # --max-images 100: too few to repay the conversion
+    (1500, "CPU", "litert"),
     (12000, "CPU", "litert"),  # all of CIFAR-10's cats and dogs
     (12000, "GPU", "keras"),
 ])
-def test_auto_converts_for_litert_only_when_it_pays(images, device, runtime):
-    assert tl.choose_feature_runtime("auto", images, device) == runtime
-    assert tl.choose_feature_runtime("keras", 12000, "CPU") == "keras"
-    assert tl.choose_feature_runtime("litert", 10, "CPU") == "litert"
+def test_auto_uses_litert_only_on_a_cpu_with_enough_images(images, device, chosen, monkeypatch):
+    monkeypatch.setattr(tl, "device", lambda: device)
+    splits = {"train": (None, np.zeros(images), None)}
+    for wanted, expected in (("auto", chosen), ("keras", "keras"), ("litert", "litert")):
+        results = {}
+        args = tl.parse_args(["--features-with", wanted])
+        assert tl.use_litert(args, splits, results) == (expected == "litert")
+        assert results["features_with"] == expected
 
 
 @needs_litert
 def test_both_runtimes_train_the_same_head(module32, three_colours, tmp_path):
     metrics = {}
     for runtime in ("keras", "litert"):
-        out = tmp_path / runtime
-        assert tl.main(["--data-dir", str(three_colours), "--model-handle", module32, "--image-size", "32",
-                        "--epochs", "5", "--features-with", runtime, "--output-dir", str(out), "--no-show"]) == 0
-        metrics[runtime] = json.load(open(out / "metrics.json"))
-        assert metrics[runtime]["features_with"] == runtime and metrics[runtime]["export_check"]["passed"]
+        status, metrics[runtime] = run_main(
+            "--data-dir", three_colours, "--model-handle", module32, "--epochs", 5, "--no-cache",
+            "--features-with", runtime, "--output-dir", tmp_path / runtime, *FAST)
+        assert status == 0 and metrics[runtime]["features_with"] == runtime
     keras, litert = metrics["keras"], metrics["litert"]
     assert litert["test_accuracy"] == keras["test_accuracy"]
     assert litert["confusion_matrix"] == keras["confusion_matrix"]
     assert litert["test_loss"] == pytest.approx(keras["test_loss"], abs=1e-4)
 
 
-def test_without_litert_installed_it_falls_back_to_keras_with_one_line(module32, three_colours, tmp_path):
+def test_without_litert_installed_it_falls_back_to_keras_with_one_line(module32, three_colours,
+                                                                        tmp_path):
     out = tmp_path / "run"
     blocked = ("import runpy, sys; sys.modules['ai_edge_litert'] = None; sys.argv = sys.argv[1:]; "
                "runpy.run_path(sys.argv[0], run_name='__main__')")
@@ -122,7 +211,7 @@ def test_without_litert_installed_it_falls_back_to_keras_with_one_line(module32,
                              "--features-with", "litert", "--output-dir", str(out), "--no-show"],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert script_lines(result.stderr) == ["warning: LiteRT is not installed (pip install ai-edge-litert); "
-                                           "computing the features with Keras"]
+    assert script_lines(result.stderr) == ["warning: LiteRT is not installed (pip install "
+                                           "ai-edge-litert); computing the features with Keras"]
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["features_with"] == "keras" and metrics["versions"]["litert"] is False
