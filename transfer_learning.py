@@ -128,9 +128,10 @@ def make_dataset(x, y, image_size, batch_size=BATCH, shuffle_seed=None):
 def scale_and_resize(images, image_size):
     """Pixels from 0-255 integers to floats in [0, 1], as TF Hub's image modules take them, and
     image_size pixels square: MobileNetV2 learned on 224x224 photos. Upscaled, CIFAR's 32x32 images
-    show it objects at a size it knows; shrunk with antialias, a photo's pixels are averaged."""
+    show it objects at a size it knows; a photo shrunk with antialias has its pixels averaged."""
     images = tf.image.convert_image_dtype(images, tf.float32)  # divides by 255
-    return tf.image.resize(images, (image_size, image_size), antialias=True)
+    shrinking = images.shape[-2] is None or images.shape[-2] > image_size  # None: any size
+    return tf.image.resize(images, (image_size, image_size), antialias=shrinking)
 
 def stored_image(x, image_size):
     return read_photo(x, image_size) if isinstance(x, str) else x  # a photo is read from its file
@@ -156,8 +157,7 @@ def show_data(train, dataset, classes, path):
 
 # 2. Model -------------------------------------------------------------------------------------
 def build_model(module, image_size, num_classes, dropout):
-    """The frozen base under a new head, as three Keras models built from the same layers (the
-    same drop and classify objects), so that they share the weights:
+    """The frozen base under a new head: three Keras models made of the same layer objects:
     model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export;
     extractor  images -> MobileNetV2 features: what runs once per image (step 3);
     head       features -> Dropout -> Dense: what we train (step 4), which trains model too."""
@@ -284,14 +284,14 @@ def plot_results(model, histories, test, split, classes, image_size, run_dir):
 
 # 7. Export ------------------------------------------------------------------------------------
 def export_model(model, classes, test, evaluated, image_size, run_dir, results):
-    """model/: a SavedModel, TensorFlow's file format for a model and its weights, which any
-    TensorFlow program or TF Serving runs without Keras or TF Hub. Its one function, serve(),
-    takes photos as they come, uint8 RGB pixels [N, H, W, 3] of any size, and scales and resizes
-    them itself, as in training: nobody can feed it differently prepared images by mistake."""
+    """model/: a SavedModel, TensorFlow's file format for a model's functions and weights, which
+    any TensorFlow program runs without Keras or TF Hub. Its serve() takes photos as they come and
+    scales and resizes them itself, as training did: no one can feed it differently prepared ones."""
     archive = tf.keras.export.ExportArchive()
     archive.track(model)  # its weights
+    photos = tf.TensorSpec([None, None, None, 3], tf.uint8)  # any number, height, width; RGB 0-255
     archive.add_endpoint("serve", lambda images: model(scale_and_resize(images, image_size)),
-                         [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+                         [photos])
     tf.keras.utils.disable_interactive_logging()  # else it lists every weight
     archive.write_out(os.path.join(run_dir, "model"))
     tf.keras.utils.enable_interactive_logging()
@@ -303,13 +303,11 @@ def export_model(model, classes, test, evaluated, image_size, run_dir, results):
 # The lesson's helpers, in the order it calls them ------------------------------------------
 import argparse  # noqa: E402  (the lesson needs only the imports at the top; these, the rest)
 import csv  # noqa: E402
-import filecmp  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 def device():
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU
@@ -709,7 +707,7 @@ def read_photo(path, image_size):
         return np.asarray(ImageOps.exif_transpose(photo).convert("RGB"))
 
 def read_photo_op(image_size):
-    """read_photo for tf.data: (path, label) -> (pixels, label)."""
+    """read_photo for tf.data: (path, label) -> (pixels, label), on as many cores as there are."""
     def read(path, label):
         pixels = tf.numpy_function(lambda p: read_photo(p.decode(), image_size), [path], tf.uint8)
         return tf.ensure_shape(pixels, [None, None, 3]), label
@@ -728,8 +726,7 @@ def load_photos(data_dir, results):
         splits = {split: list_files(folder, classes) for split, folder in folders.items()}
     skipped = []
     for split, (x, _, _) in splits.items():
-        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-            readable = np.array(list(pool.map(is_readable, x)), dtype=bool)
+        readable = np.array([is_readable(path) for path in x], dtype=bool)
         splits[split] = subset(splits[split], readable)
         skipped += [os.fsencode(path).decode(errors="backslashreplace") for path in x[~readable]]
     for label in set(range(len(classes))) - set(splits["train"][1]):
@@ -818,13 +815,18 @@ def is_readable(path):
 
 def warn_about_copies_across_splits(splits, results):
     """Copies of training photos among the validation or test photos flatter the accuracy. Only
-    files as large as a training photo are compared, byte by byte."""
-    by_size, copies = {}, []
+    files as large as a training photo are read, and each at most once."""
+    by_size, digests, copies = {}, {}, []
     for path in splits["train"][0]:
         by_size.setdefault(os.path.getsize(path), []).append(path)
+    def digest(path):
+        if path not in digests:
+            with open(path, "rb") as f:
+                digests[path] = hashlib.file_digest(f, "sha256").digest()
+        return digests[path]
     for path in np.concatenate([splits["validation"][0], splits["test"][0]]):
         for twin in by_size.get(os.path.getsize(path), []):
-            if filecmp.cmp(path, twin, shallow=False):
+            if digest(path) == digest(twin):
                 copies.append(f"{path} = {twin}")
     if copies:
         print(f"warning: {len(copies)} validation or test photo(s) are copies of training photos, "

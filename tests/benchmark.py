@@ -1,266 +1,192 @@
-"""Benchmark: what does transfer_learning.py cost, and what does each way of computing features give?
+"""Benchmark: what transfer_learning.py costs, measured as a user meets it. Not a test.
 
-Contestants, each a fresh process on the same images and the same module, run
-round-robin (--contestants, in that order) --repeats times:
+Two benchmarks, each running the script as fresh processes on the same images, round-robin,
+--repeats times; wall time is the whole process, and the script's own metrics.json says where
+the time went. Nothing is written into the repository.
 
-  script           python transfer_learning.py, start to finish, as a user runs it
-                   (on a CPU with all 12000 images, --features-with auto picks LiteRT);
-  script_keras     the same with --features-with keras;
-  script_litert    the same with --features-with litert;
-  features_keras   the script's extractor over every image with Keras predict (tf.data
-                   decoding and resizing as it goes), nothing else;
-  features_litert  the same converted for LiteRT (the conversion is timed apart);
-  keras_predict    plain Keras MobileNetV2.predict on the same images, preloaded and
-                   resized in memory: Keras' own model speed;
-  floor            start TensorFlow, load the module with hub.KerasLayer, push every
-                   image through it once with tf.data, nothing else;
-  naive            the script's own model trained as most tutorials do: model.fit on
-                   image datasets for --epochs epochs, recomputing the frozen features
-                   every epoch, then one evaluation on the test images (slow: ~25 min).
+  cache   the default run twice over, in a fresh feature cache: `first` computes the features
+          and keeps them; `again` changes only --dropout and reads them back; `keras` is the
+          first run with --features-with keras (no cache), to compare with LiteRT.
+          python tests/benchmark.py cache --data-dir DIR [--module M] [--repeats 2]
 
-Wall time is the whole process; peak memory is its ru_maxrss from os.wait4.
+  photos  phone photos against small ones: --per-class test images of DIR/test/<class>/ are
+          upscaled with noise to 4032x3024 (JPEG quality 90; half of them stored sideways with
+          EXIF orientation 6, as phones store portrait shots) and to 500x375. The script runs
+          on each folder (--no-cache, 1 epoch); per image, its data step plus feature pass is
+          compared. With --model-dir RUN, RUN's model also classifies the same phone photos
+          stored upright and stored sideways, and serve() is fed fully decoded photos.
+          python tests/benchmark.py photos --data-dir DIR --model-dir RUN [--per-class 100]
 
-The module is a MobileNetV2 1.0 with random weights (same compute as the real one,
-[0, 1] images in, 1280 features out) unless --module gives a SavedModel, e.g. the
-genuine one from ../shared/tools/imagenet_mobilenet_v2.py.
-
-    python tests/benchmark.py --data-dir DIR --output /tmp/benchmark.json   # DIR/{train,test}/<class>/
-    python tests/benchmark.py --data-dir DIR --limit 32 --epochs 1 --repeats 1 --image-size 96
-
-The table is printed and written as JSON to --output (default: benchmark.json in the
-current folder; keep it out of the repo).
+DIR holds class folders as the script's --data-dir takes them; the figures in BENCHMARK.md use
+the 12000 CIFAR-10 cat and dog images as JPEG files (DIR/{train,test}/{cat,dog}/*.jpg) and the
+genuine ImageNet MobileNetV2 (--module, or the default handle seeded in $TFHUB_CACHE_DIR).
 """
 import argparse
 import json
-import operator
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
+import numpy as np
+from PIL import Image
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "transfer_learning.py")
-# Every contestant runs TensorFlow as the script configures it (Keras 2, the BFC
-# CPU allocator), so the comparison is between recipes, not settings.
-ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg",
-           TF_CPU_ALLOCATOR_USE_BFC="true")
-INFERENCE_BATCH = 32  # the script's batch for running the network, and Keras predict's default
-TARGETS = {"script / script_keras": ("<=", 0.6), "LiteRT features / Keras predict": (">=", 2.0),
-           "|accuracy litert - keras|": ("<=", 0.005), "naive/script": (">=", 5.0), "script peak GB": ("<=", 2.5)}
-COMPARE = {"<=": operator.le, ">=": operator.ge}
-
-# Each child program ends by printing one line: "REPORT {json}".
-PREAMBLE = f"""import json, os, sys, time
-sys.path.insert(0, {REPO!r})
-import numpy as np, tensorflow as tf, tensorflow_hub as hub
-def report(**values): print("REPORT " + json.dumps(values))
-"""
-
-# Not timed: the module (unless given) and the list of images the script will use.
-PREPARE = PREAMBLE + """import transfer_learning as tl
-action, module, paths_file, size, script_args = *sys.argv[1:4], int(sys.argv[4]), sys.argv[5:]
-if action == "build":  # [0, 1] images in, as TF Hub modules take them; MobileNetV2 wants [-1, 1]
-    images = tf.keras.Input((size, size, 3))
-    base = tf.keras.applications.MobileNetV2(weights=None, include_top=False, pooling="avg",
-                                             input_shape=(size, size, 3))
-    features = base(tf.keras.layers.Rescaling(2.0, offset=-1.0)(images))
-    tf.saved_model.save(tf.keras.Model(images, features), module)
-splits, _ = tl.load_data(tl.parse_args(script_args), {})
-paths = [p for name in ("train", "validation", "test") for p in splits[name][0]]
-open(paths_file, "w").write("\\n".join(paths))
-report(tf_version=tf.__version__, gpus=[g.name for g in tf.config.list_physical_devices("GPU")])
-"""
-
-FLOOR = PREAMBLE + """paths_file, module, size, batch = *sys.argv[1:3], int(sys.argv[3]), int(sys.argv[4])
-paths = open(paths_file).read().split("\\n")
-base = hub.KerasLayer(module, trainable=False)
-start = time.perf_counter()
-decode = lambda p: tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
-images = (tf.data.Dataset.from_tensor_slices(paths)
-          .map(lambda p: tf.image.resize(tf.image.convert_image_dtype(decode(p), tf.float32), (size, size)),
-               num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(batch).prefetch(tf.data.AUTOTUNE))
-count = sum(int(base(x).shape[0]) for x in images)
-report(images=count, images_per_s=count / (time.perf_counter() - start))
-"""
-
-NAIVE = PREAMBLE + """import transfer_learning as tl
-args = tl.parse_args(sys.argv[1:])
-tf.keras.utils.set_random_seed(args.seed)
-splits, classes = tl.load_data(args, {})
-data = {name: tl.make_dataset(x, y, args.image_size, args.batch_size, shuffle=name == "train", seed=args.seed)
-        for name, (x, y) in splits.items()}
-model = tl.build_model(args.model_handle, args.image_size, len(classes), args.dropout)[0]
-tl.compile_for_training(model, args.learning_rate)
-model.fit(data["train"], validation_data=data["validation"], epochs=args.epochs, verbose=2)
-report(test_accuracy=model.evaluate(data["test"], verbose=2)[1])
-"""
-
-FEATURES = PREAMBLE + """import transfer_learning as tl
-runtime, paths_file, module, size, batch = sys.argv[1:4] + [int(sys.argv[4]), int(sys.argv[5])]
-paths = np.array(open(paths_file).read().split("\\n"))
-images = tl.make_dataset(paths, np.zeros(len(paths), np.int64), size, batch)
-extractor = tl.build_model(module, size, 2, 0.0)[2]
-start = time.perf_counter()
-features_of = tl.feature_function(extractor, runtime)
-converted = time.perf_counter()
-count = len(features_of(images))
-report(images=count, conversion_s=converted - start, images_per_s=count / (time.perf_counter() - converted))
-"""
-
-KERAS_PREDICT = PREAMBLE + """paths_file, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-paths = open(paths_file).read().split("\\n")
-decode = lambda p: tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
-resized = tf.data.Dataset.from_tensor_slices(paths).map(  # uint8: 12000 float images would be 7 GB
-    lambda p: tf.cast(tf.round(tf.image.resize(decode(p), (size, size))), tf.uint8)).batch(batch)
-images = np.concatenate(list(resized.as_numpy_iterator()))
-model = tf.keras.applications.MobileNetV2(weights=None, include_top=False, pooling="avg",
-                                          input_shape=(size, size, 3))
-start = time.perf_counter()
-model.predict(images, batch_size=batch, verbose=0)
-report(images=len(images), images_per_s=len(images) / (time.perf_counter() - start))
-"""
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default=os.path.join(REPO, "..", "shared", "data", "cifar10-catdog"),
-                   help="class folders of images, as the script's --data-dir takes them")
-    p.add_argument("--contestants", default="script,script_keras,features_keras,features_litert,keras_predict",
-                   help="comma-separated, of: " + ", ".join(CONTESTANTS))
-    p.add_argument("--module", help="a feature-vector SavedModel (default: MobileNetV2 with random weights)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--epochs", type=int, default=10, help="epochs of the script and of naive")
-    p.add_argument("--batch-size", type=int, default=64, help="the script's default batch size")
-    p.add_argument("--repeats", type=int, default=2, help="runs of each contestant; the best counts")
-    p.add_argument("--limit", type=int, help="cap on images per split (the script's --max-images)")
-    p.add_argument("--output", default="benchmark.json", help="where the results are written as JSON")
-    args = p.parse_args()
-    unknown = set(args.contestants.split(",")) - set(CONTESTANTS)
-    if unknown:
-        p.error(f"unknown contestants {sorted(unknown)}; choose from {', '.join(CONTESTANTS)}")
-    if args.module and not os.path.isfile(os.path.join(args.module, "saved_model.pb")):
-        p.error(f"--module {args.module} is not a SavedModel folder (no saved_model.pb)")
-    return args
+def run_script(argv, env, log):
+    """One run of the script: its wall seconds and its metrics.json (None for --predict)."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        done = subprocess.run([sys.executable, SCRIPT, *map(str, argv)], stdout=f,
+                              stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{log} failed (exit {done.returncode}):\n{open(log).read()[-3000:]}")
+    out = argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else None
+    return seconds, json.load(open(os.path.join(out, "metrics.json"))) if out else None
 
 
-CONTESTANTS = ["script", "script_keras", "script_litert", "features_keras", "features_litert", "keras_predict",
-               "floor", "naive"]
-
-
-def run_child(argv, log_path):
-    """Run one process to its end: wall seconds, its own peak RSS in MB, and its REPORT line."""
-    with open(log_path, "w") as log:
-        start = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=REPO)
-        _, status, usage = os.wait4(child.pid, 0)  # rusage of exactly this child
-        seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    output = open(log_path).read()
-    if child.returncode != 0:
-        sys.exit(f"{os.path.basename(log_path)} failed (exit {child.returncode}):\n{output[-3000:]}")
-    reports = [json.loads(line[7:]) for line in output.splitlines() if line.startswith("REPORT ")]
-    return dict(seconds=seconds, peak_mb=usage.ru_maxrss / 1024, **(reports[-1] if reports else {}))
-
-
-def describe_machine(prepared):
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    return dict(cores=os.cpu_count(), cpu=cpu, gpus=prepared["gpus"] or "none",
-                tensorflow=prepared["tf_version"])
-
-
-def benchmark(args, tmp):
-    py = sys.executable
-    module = os.path.abspath(args.module) if args.module else os.path.join(tmp, "module")
-    data_dir, paths = os.path.abspath(args.data_dir), os.path.join(tmp, "images.txt")
-    common = ["--data-dir", data_dir, "--model-handle", module, "--image-size", str(args.image_size),
-              "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
-    common += ["--max-images", str(args.limit)] if args.limit else []
-    print("Preparing the module and the image list...", flush=True)
-    action = "use" if args.module else "build"
-    prepared = run_child([py, "-c", PREPARE, action, module, paths, str(args.image_size), *common],
-                         os.path.join(tmp, "prepare.log"))
-    size_batch = [str(args.image_size), str(INFERENCE_BATCH)]
-    names = args.contestants.split(",")
-    runs = {name: [] for name in names}
+def cache_benchmark(args, tmp):
+    common = ["--data-dir", args.data_dir, "--no-show"]
+    common += ["--model-handle", args.module] if args.module else []
+    rows = {"first": [], "again": [], "keras": []}
     for r in range(args.repeats):
-        commands = {"floor": [py, "-c", FLOOR, paths, module, *size_batch],
-                    "naive": [py, "-c", NAIVE, *common],
-                    "keras_predict": [py, "-c", KERAS_PREDICT, paths, *size_batch]}
-        for runtime in ("keras", "litert"):
-            commands[f"features_{runtime}"] = [py, "-c", FEATURES, runtime, paths, module, *size_batch]
-        for name, forced in (("script", []), ("script_keras", ["--features-with", "keras"]),
-                             ("script_litert", ["--features-with", "litert"])):
-            commands[name] = [py, SCRIPT, *common, *forced, "--no-show", "--output-dir", os.path.join(tmp, f"{name}{r}")]
-        for name in names:
-            runs[name].append(run_child(commands[name], os.path.join(tmp, f"{name}{r}.log")))
-            if name.startswith("script"):  # where its time went, by its own account
-                with open(os.path.join(tmp, f"{name}{r}", "metrics.json")) as f:
-                    metrics = json.load(f)
-                runs[name][-1].update(phases_s=metrics["seconds"], test_accuracy=metrics["test_accuracy"],
-                                      accuracy_before_training=metrics["accuracy_before_training"],
-                                      features_with=metrics["features_with"],
-                                      images=metrics["num_train"] + metrics["num_val"] + metrics["num_test"])
-            print(f"round {r + 1}/{args.repeats} {name:>15}: {runs[name][-1]['seconds']:7.1f} s", flush=True)
-    return describe_machine(prepared), runs
+        env = dict(os.environ, XDG_CACHE_HOME=os.path.join(tmp, f"cache{r}"))  # fresh, empty
+        for name, extra in (("first", []), ("again", ["--dropout", "0.3"]),
+                            ("keras", ["--features-with", "keras", "--no-cache"])):
+            out = os.path.join(tmp, f"{name}{r}")
+            seconds, m = run_script([*common, *extra, "--output-dir", out], env, out + ".log")
+            rows[name].append(dict(seconds=seconds, test_accuracy=m["test_accuracy"],
+                                   from_cache=m["features_from_cache"], phases=m["seconds"]))
+            print(f"round {r + 1} {name:>6}: {seconds:6.1f} s, test accuracy "
+                  f"{m['test_accuracy']:.4f}, features from the cache: {m['features_from_cache']}",
+                  flush=True)
+    best = {name: min(runs, key=lambda run: run["seconds"]) for name, runs in rows.items()}
+    ratios = [again["seconds"] / first["seconds"] for first, again in zip(rows["first"], rows["again"])]
+    return dict(runs=rows, best=best, again_over_first=ratios,
+                litert_over_keras=best["first"]["seconds"] / best["keras"]["seconds"])
 
 
-def summarize(args, machine, runs):
-    best = {name: min(run["seconds"] for run in rounds) for name, rounds in runs.items()}
-    table = {name: dict(best_s=best[name], runs_s=[run["seconds"] for run in rounds],
-                        peak_rss_mb=max(run["peak_mb"] for run in rounds),
-                        images_per_s=max((run.get("images_per_s", 0) for run in rounds)),
-                        conversion_s=min((run.get("conversion_s", 0) for run in rounds)),
-                        test_accuracy=rounds[0].get("test_accuracy"), features_with=rounds[0].get("features_with"),
-                        accuracy_before_training=rounds[0].get("accuracy_before_training"))
-             for name, rounds in runs.items()}
-    measured = {}
-    if {"script", "script_keras"} <= set(runs):
-        measured["script / script_keras"] = best["script"] / best["script_keras"]
-        measured["|accuracy litert - keras|"] = abs(table["script"]["test_accuracy"]
-                                                    - table["script_keras"]["test_accuracy"])
-    if {"features_litert", "keras_predict"} <= set(runs):
-        measured["LiteRT features / Keras predict"] = (table["features_litert"]["images_per_s"]
-                                                       / table["keras_predict"]["images_per_s"])
-    if {"naive", "script"} <= set(runs):
-        measured["naive/script"] = best["naive"] / best["script"]
-    if "script" in runs:
-        measured["script peak GB"] = table["script"]["peak_rss_mb"] / 1024
-    checks = {key: dict(value=value, target=f"{TARGETS[key][0]} {TARGETS[key][1]}",
-                        passed=COMPARE[TARGETS[key][0]](value, TARGETS[key][1]))
-              for key, value in measured.items()}
-    phases = {name: min(rounds, key=lambda run: run["seconds"])["phases_s"]
-              for name, rounds in runs.items() if name.startswith("script")}
-    return dict(machine=machine, settings=vars(args), table=table, script_phases_s=phases, checks=checks)
+def make_photo(source, size, noise, rng):
+    """A CIFAR-10 image upscaled to size (width, height) with Gaussian noise."""
+    big = np.asarray(Image.open(source).convert("RGB").resize(size, Image.BICUBIC), np.float32)
+    big = big + rng.normal(0, noise, big.shape).astype(np.float32)
+    return Image.fromarray(np.clip(big, 0, 255).astype(np.uint8))
 
 
-def print_results(results):
-    print(f"\nMachine: {json.dumps(results['machine'])}")
-    print(f"{'':16}{'best s':>9}  {'all runs s':<24}{'peak MB':>9}{'images/s':>10}{'test acc':>10}")
-    for name, row in results["table"].items():
-        runs = ", ".join(f"{s:.1f}" for s in row["runs_s"])
-        rate = f"{row['images_per_s']:.1f}" if row["images_per_s"] else "-"
-        accuracy = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
-        print(f"{name:16}{row['best_s']:9.1f}  {runs:<24}{row['peak_rss_mb']:9.0f}{rate:>10}{accuracy:>10}"
-              + (f"  (conversion {row['conversion_s']:.1f} s)" if row["conversion_s"] else ""))
-    for name, phases in results["script_phases_s"].items():
-        print(f"{name} phases of its best run, s:", ", ".join(f"{phase} {s}" for phase, s in phases.items()))
-    for key, check in results["checks"].items():
-        print(f"{key:>33}: {check['value']:7.3f}  (target {check['target']:>7})  "
-              f"{'PASS' if check['passed'] else 'FAIL'}")
+def write_photos(args, tmp):
+    """phone/{cat,dog}: half stored upright, half sideways; small/: 500x375; and for the
+    orientation check, upright/ and sideways/: every phone photo stored both ways. With
+    --photos-dir, they are written there once and used again."""
+    tmp = args.photos_dir or tmp
+    names = ("upright", "sideways", "small", "phone")
+    if all(os.path.isdir(os.path.join(tmp, name)) for name in names):
+        return {name: os.path.join(tmp, name) for name in names}
+    rng, folders = np.random.default_rng(0), {}
+    for label in sorted(os.listdir(os.path.join(args.data_dir, "test"))):
+        sources = sorted(os.listdir(os.path.join(args.data_dir, "test", label)))[:args.per_class]
+        for i, name in enumerate(sources):
+            source = os.path.join(args.data_dir, "test", label, name)
+            phone = make_photo(source, (4032, 3024), args.noise, rng)
+            small = make_photo(source, (500, 375), args.noise, rng)
+            sideways = phone.transpose(Image.Transpose.ROTATE_90)  # as the sensor saw it
+            exif = Image.Exif()
+            exif[274] = 6  # "turn me a quarter clockwise"
+            for folder, image, extra in (("upright", phone, {}), ("sideways", sideways, {"exif": exif}),
+                                         ("small", small, {})):
+                path = os.path.join(tmp, folder, label, name)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                image.save(path, quality=90, **extra)
+                folders[folder] = os.path.join(tmp, folder)
+            mixed = os.path.join(tmp, "phone", label, name)
+            os.makedirs(os.path.dirname(mixed), exist_ok=True)
+            os.link(os.path.join(tmp, "sideways" if i % 2 else "upright", label, name), mixed)
+        print(f"wrote {len(sources)} photos of {label} in each size", flush=True)
+    return dict(folders, phone=os.path.join(tmp, "phone"))
+
+
+def photos_benchmark(args, tmp):
+    folders = write_photos(args, tmp)
+    sizes = {name: sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folders[name])
+                       for f in fs) / 1e6 for name in ("phone", "small")}
+    common = ["--no-show", "--no-cache", "--epochs", "1"]
+    common += ["--model-handle", args.module] if args.module else []
+    rows = {"phone": [], "small": []}
+    for r in range(args.repeats):
+        for name in rows:
+            out = os.path.join(tmp, f"run_{name}{r}")
+            seconds, m = run_script(["--data-dir", folders[name], *common, "--output-dir", out],
+                                    os.environ, out + ".log")
+            images = m["num_train"] + m["num_validation"] + m["num_test"]
+            work = m["seconds"]["1. Data"] + m["seconds"]["3. Bottleneck features"]
+            rows[name].append(dict(seconds=seconds, images=images, data_and_features_s=work,
+                                   ms_per_image=1000 * work / images, features_with=m["features_with"],
+                                   phases=m["seconds"]))
+            print(f"round {r + 1} {name:>5}: data + features {work:6.1f} s for {images} images, "
+                  f"{1000 * work / images:.1f} ms each ({m['features_with']})", flush=True)
+    best = {name: min(run["ms_per_image"] for run in runs) for name, runs in rows.items()}
+    results = dict(runs=rows, file_megabytes=sizes, best_ms_per_image=best,
+                   phone_over_small=best["phone"] / best["small"])
+    if args.model_dir:
+        results.update(orientation(args, folders, tmp))
+    return results
+
+
+def orientation(args, folders, tmp):
+    """The same model on the same photos stored upright and stored sideways; and serve() on the
+    fully decoded phone photos against --predict's (JPEG-scaled) decoding."""
+    right = {}
+    for way in ("upright", "sideways"):
+        log = os.path.join(tmp, f"predict_{way}.log")
+        class_folders = [os.path.join(folders[way], label) for label in sorted(os.listdir(folders[way]))]
+        run_script(["--predict", *class_folders, "--model-dir", args.model_dir], os.environ, log)
+        lines = [line for line in open(log) if line.startswith(folders[way])]
+        right[way] = sum(line.split(": ")[1].split()[0] == line.split(os.sep)[-2] for line in lines)
+        right[f"{way}_photos"] = len(lines)
+    code = f"""import sys, numpy as np
+sys.path.insert(0, {REPO!r})
+import transfer_learning as tl
+from PIL import Image
+model, _, size = tl.load_exported_run({args.model_dir!r})
+largest, changed = 0.0, 0
+for folder, _, names in sorted(tl.os.walk({folders['upright']!r})):
+    for name in sorted(names)[:10]:
+        path = tl.os.path.join(folder, name)
+        full = model.serve(np.asarray(Image.open(path).convert("RGB"))[None]).numpy()[0]
+        scaled = model.serve(tl.read_photo(path, size)[None]).numpy()[0]
+        largest, changed = max(largest, float(np.abs(full - scaled).max())), changed + int(full.argmax() != scaled.argmax())
+print("REPORT", largest, changed)"""
+    report = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    largest, changed = report.stdout.split("REPORT")[-1].split()
+    return dict(right=right, full_decode_vs_scaled=dict(largest_difference=float(largest),
+                                                        classes_changed=int(changed)))
 
 
 def main():
-    args = parse_args()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("benchmark", choices=["cache", "photos"])
+    p.add_argument("--data-dir", required=True, help="class folders; photos uses DIR/test/<class>/")
+    p.add_argument("--module", help="a feature-vector SavedModel (default: the script's default)")
+    p.add_argument("--model-dir", help="photos: a finished run whose model classifies the photos")
+    p.add_argument("--per-class", type=int, default=100, help="photos: images of each class")
+    p.add_argument("--noise", type=float, default=3.0, help="photos: noise added, in 0-255 levels")
+    p.add_argument("--photos-dir", help="photos: write the photos here (outside the repository) "
+                   "and keep them, or use those already there; default: a temporary folder")
+    p.add_argument("--repeats", type=int, default=2, help="rounds; compare the best of each")
+    p.add_argument("--output", default="benchmark.json", help="the results as JSON")
+    args = p.parse_args()
+    args.data_dir = os.path.abspath(args.data_dir)
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
-        machine, runs = benchmark(args, tmp)
-    results = summarize(args, machine, runs)
-    print_results(results)
+        results = (cache_benchmark if args.benchmark == "cache" else photos_benchmark)(args, tmp)
+    results.update(settings=vars(args), cpu_cores=os.cpu_count())
     with open(args.output, "w") as f:
         json.dump(results, f, indent=2)
+    summary = {k: v for k, v in results.items() if k not in ("runs", "best", "settings")}
+    print(json.dumps(summary, indent=2))
     print(f"Wrote {os.path.abspath(args.output)}")
 
 

@@ -98,6 +98,20 @@ def test_the_kept_epoch_has_the_lowest_validation_loss(module32):
     assert results["train_accuracy"] == history["accuracy"][kept]
 
 
+def test_the_numbers_reported_are_the_kept_epochs(module32, monkeypatch):
+    history = {"loss": [0.9, 0.7, 0.5, 0.3], "accuracy": [0.5, 0.6, 0.7, 0.9],
+               "val_loss": [0.8, 0.6, 0.65, 0.7], "val_accuracy": [0.55, 0.66, 0.64, 0.61]}
+    monkeypatch.setattr(tl, "fit_keeping_the_best_epoch", lambda *args: history)
+    _, _, _, head = build(module32)
+    split = colour_split(30, 0)
+    features = {name: np.zeros((30, head.input_shape[1]), np.float32)
+                for name in ("train", "validation")}
+    results = {}
+    tl.train_head(head, features, {"train": split, "validation": split}, ["r", "g", "b"],
+                  tl.parse_args([]), results)
+    assert (results["kept_epoch"], results["train_accuracy"], results["val_accuracy"]) == (2, 0.6, 0.66)
+
+
 def test_the_test_images_never_choose_the_epoch(module32, tmp_path):
     """Test images whose labels are swapped: if they chose the epoch, it would be the first."""
     colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
