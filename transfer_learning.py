@@ -286,7 +286,7 @@ def plot_results(model, histories, test, split, classes, image_size, run_dir):
 def export_model(model, classes, test, evaluated, image_size, run_dir, results):
     """model/: a SavedModel, TensorFlow's file format for a model's functions and weights, which
     any TensorFlow program runs without Keras or TF Hub. Its serve() takes photos as they come and
-    scales and resizes them itself, as training did: no one can feed it differently prepared ones."""
+    scales and resizes them itself as training did, so they cannot be prepared differently."""
     archive = tf.keras.export.ExportArchive()
     archive.track(model)  # its weights
     photos = tf.TensorSpec([None, None, None, 3], tf.uint8)  # any number, height, width; RGB 0-255
