@@ -1,20 +1,18 @@
 """Transfer learning: MobileNetV2, trained on ImageNet, learns your classes in minutes.
 
-MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. Frozen, it turns each
-image into 1280 numbers, its "features", and a small new head (Dropout + Dense) learns your
-classes from them in seconds: CIFAR-10's cats and dogs, or your own photos. Then you test the
-result honestly, see where it looks and what it gets wrong, and export it. Run it:
+MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. Kept "frozen", that is
+unchanged, it turns each image into 1280 numbers, its "features"; a small new "head" (Dropout,
+then Dense) learns your classes from them in seconds: CIFAR-10's cats and dogs, or your photos.
+Then we test it honestly, see where it looks and what it gets wrong, and export it. Run it:
     python transfer_learning.py  [--max-images 300: a quick look]  [--data-dir DIR]  [--help]
-run_lesson(), below, is the table of contents; the steps follow in the order it runs them. The
-helpers they call, the extra lessons, the speed-ups, your own photos and the command line follow.
+run_lesson(), below, is the table of contents; the steps follow in the order it runs them.
 """
 import os
 import sys
 import time
 
-# TF Hub's KerasLayer is written for Keras 2, which TensorFlow calls tf-keras: ask for it before
-# TensorFlow loads. The next two lines hide TensorFlow's start-up messages (0 shows them all) and
-# let it reuse memory from one batch to the next, which is faster on a CPU.
+# Set-up, safe to skip: TF Hub needs Keras 2 ("tf-keras"), chosen before TensorFlow loads; fewer
+# start-up messages; memory reused between batches, which is faster on a CPU.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
@@ -31,7 +29,7 @@ except KeyboardInterrupt:  # Ctrl-C in the seconds TensorFlow takes to load: sto
 # MobileNetV2 trained on ImageNet, as a feature vector: 224x224 images in [0, 1] in, 1280 out.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 CIFAR10_CAT, CIFAR10_DOG = 3, 5  # CIFAR-10's numbers for its cat and dog classes
-BATCH = 32  # images per batch when the network only looks, without learning
+BATCH = 32  # images per batch when the network only looks (training has --batch-size)
 
 
 def run_lesson(args, run_dir, results):
@@ -48,7 +46,10 @@ def run_lesson(args, run_dir, results):
     module = load_module(args.model_handle, args.image_size)  # hub.load(handle), and checks
     model, base, extractor, head = build_model(module, args.image_size, len(classes), args.dropout)
     step("3. Bottleneck features")
-    features = compute_features(extractor, datasets, splits, args, results)
+    features = read_kept_features(splits, args, results)  # those an earlier run kept, if any
+    if features is None:
+        features = compute_features(extractor, datasets, splits, args, results)
+        keep_features(features, results)  # on disk, for the next run
     step("4. Training the head")
     history = train_head(head, features, splits, classes, args, results)
     step("5. Evaluation")
@@ -65,10 +66,12 @@ def run_lesson(args, run_dir, results):
 
 
 # 1. Data --------------------------------------------------------------------------------------
+# Three splits of labelled images: the training images teach the head; the validation images
+# pick the best epoch; the test images, unseen until step 5, tell how it does on new photos.
 # A split is (x, y, names): the images (CIFAR-10's pixels, or your photos' file paths), their
 # labels (class numbers: 0 = cat, 1 = dog) and a name for each, to find it in predictions.csv.
 def load_data(args, results):
-    """Training, validation and test splits. The test images stay unseen until step 5."""
+    """Training, validation and test splits, and the class names."""
     if args.data_dir is not None:  # your own photos: see "Your own photos", after the lessons
         splits, classes = load_photos(args.data_dir, results)
     else:
@@ -128,9 +131,10 @@ def make_dataset(x, y, image_size, batch_size=BATCH, shuffle_seed=None):
 def scale_and_resize(images, image_size):
     """Pixels from 0-255 integers to floats in [0, 1], as TF Hub's image modules take them, and
     image_size pixels square: MobileNetV2 learned on 224x224 photos. Upscaled, CIFAR's 32x32 images
-    show it objects at a size it knows; a photo shrunk with antialias has its pixels averaged."""
+    show it objects at a size it knows."""
     images = tf.image.convert_image_dtype(images, tf.float32)  # divides by 255
-    shrinking = images.shape[-2] is None or images.shape[-2] > image_size  # None: any size
+    # antialias averages a photo's pixels as it shrinks it (a photo's size is None till it is read)
+    shrinking = images.shape[-2] is None or images.shape[-2] > image_size
     return tf.image.resize(images, (image_size, image_size), antialias=shrinking)
 
 def stored_image(x, image_size):
@@ -164,9 +168,7 @@ def build_model(module, image_size, num_classes, dropout):
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
-    # BatchNorm layers inside scale each layer's outputs by averages learned on ImageNet.
-    # training=False keeps those averages even when fine-tuning (section 8).
-    features = base(images, training=False)
+    features = base(images, training=False)  # training=False matters when fine-tuning: section 8
     # Dropout hides random features at each training step: the head cannot lean on just a few.
     drop = tf.keras.layers.Dropout(dropout, name="dropout")
     # One score per class; softmax turns the scores into probabilities that add up to 1.
@@ -182,23 +184,18 @@ def build_model(module, image_size, num_classes, dropout):
 # 3. Bottleneck features -----------------------------------------------------------------------
 # The central idea. The "bottleneck" is the base's last layer: the 1280 numbers it boils an image
 # down to. Frozen, the base gives an image the same numbers every time, so we run it once per image
-# and train the head on the numbers: seconds per epoch instead of minutes. For the same reason the
-# numbers are kept on disk: a later run on the same images and module reads them back instead.
+# and train the head on the numbers: seconds per epoch instead of minutes. For the same reason
+# run_lesson keeps them on disk, and a later run on the same images reads them back ("Speed-ups").
 def compute_features(extractor, datasets, splits, args, results):
-    """{split: features}, one row of numbers per image, each image through the frozen base once."""
-    kept_file = feature_file(splits, args)  # where they are kept; see "Speed-ups"
-    features = read_kept_features(kept_file, results)  # None, unless an earlier run kept them
-    if features is None:
-        predict = extractor.predict  # or on a CPU the same network in LiteRT, twice as fast:
-        if use_litert(args, splits, results):  # see "Speed-ups"
-            predict = litert_predict(extractor)
-        features = {}
-        for name, images in datasets.items():
-            progress = show_progress(name, len(splits[name][1]))  # images per second as it goes
-            features[name] = predict(images, verbose=0, callbacks=[progress])
-        keep_features(features, kept_file)
-    for name, numbers in features.items():
-        print(f"{name:>10}: features of shape {numbers.shape}")
+    """{split: features}: each image through the frozen base once, one row of numbers per image."""
+    predict = extractor.predict
+    if use_litert(args, splits, results):  # on a CPU, the same network in LiteRT: twice as fast
+        predict = litert_predict(extractor)
+    features = {}
+    for name, images in datasets.items():
+        progress = show_progress(name, len(splits[name][1]))  # images per second as it goes
+        features[name] = predict(images, verbose=0, callbacks=[progress])
+        print(f"{name:>10}: features of shape {features[name].shape}")
     print(f"Each image is now {features['train'].shape[1]} numbers, each telling how strongly a "
           "pattern MobileNetV2 learned to see (fur, an eye, a wheel...) shows in it.")
     return features
@@ -206,11 +203,12 @@ def compute_features(extractor, datasets, splits, args, results):
 
 # 4. Training the head -------------------------------------------------------------------------
 def train_head(head, features, splits, classes, args, results):
-    """The head learns the classes from the features, in shuffled batches, --epochs times over."""
+    """The head learns the classes from the features in --epochs epochs (passes over all the
+    training features), each in shuffled batches of --batch-size."""
     training = tf.data.Dataset.from_tensor_slices((features["train"], splits["train"][1]))
     training = training.shuffle(len(features["train"]), seed=args.seed).batch(args.batch_size)
     validation = (features["validation"], splits["validation"][1])
-    compile_for_training(head, args.learning_rate)
+    compile_for_training(head, args.learning_rate)  # how the head learns, and its loss: below
     before = head.evaluate(*validation, verbose=0, return_dict=True)["accuracy"]
     print(f"Validation accuracy before training: {before:.3f} (chance: {1 / len(classes):.3f}).\n"
           "Each epoch shows loss and accuracy on the training features, val_loss and "
@@ -227,17 +225,17 @@ def train_head(head, features, splits, classes, args, results):
     return history
 
 def compile_for_training(model, learning_rate):
-    """Adam changes the weights to lower the loss, sparse categorical cross-entropy: the mean of
-    -log(probability given to the true class). "Sparse": the labels are class numbers (1), not
-    "one-hot" rows ([0, 1])."""
+    """Adam nudges the weights to lower the loss, by steps as large as the learning rate. The loss,
+    sparse categorical cross-entropy, is the mean of -log(the probability given to the true class):
+    0 when sure and right, large when sure and wrong. "Sparse": labels are numbers, not one-hot."""
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 def fit_keeping_the_best_epoch(model, training, validation, epochs):
-    """model.fit, then back to the weights of the epoch with the lowest validation loss: Keras'
-    EarlyStopping does that with restore_best_weights, and with patience=epochs it never stops
-    early. Chosen on validation images, never on test images: those stay unseen to tell honestly
-    how the model does on new photos."""
+    """model.fit, then back to the epoch with the lowest validation loss (which, unlike accuracy,
+    rewards sure right answers and rarely ties): EarlyStopping with restore_best_weights, and
+    patience=epochs so that it never stops early. Never chosen on the test images: unseen, they
+    tell honestly how the model does on new photos."""
     keep_best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
                                                  restore_best_weights=True, verbose=1)
     return model.fit(training, validation_data=validation, epochs=epochs,
@@ -251,9 +249,9 @@ def evaluate(model, inputs, test, classes, run_dir, results):
     labels, predicted = test[1], probabilities.argmax(axis=1)
     loss = float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(labels, probabilities)))
     accuracy, (low, high) = np.mean(predicted == labels), accuracy_interval(predicted, labels)
-    print(f"Test accuracy {accuracy:.4f} on {len(labels)} images, loss {loss:.4f}. On another "
-          f"{len(labels)} images it could well be anything from {low:.3f} to {high:.3f} (a 95% "
-          "interval): two runs whose test accuracies differ by less are a tie.")
+    print(f"Test accuracy {accuracy:.4f} on {len(labels)} images, loss {loss:.4f}. On other test "
+          f"images it would likely be between {low:.3f} and {high:.3f} (a 95% interval), so two "
+          f"runs less than about {(high - low) / 2:.3f} apart are a tie.")
     confusion = tf.math.confusion_matrix(labels, predicted, num_classes=len(classes)).numpy()
     per_class = {}
     for label, name in enumerate(classes):
@@ -268,14 +266,15 @@ def evaluate(model, inputs, test, classes, run_dir, results):
 
 # 6. Plots -------------------------------------------------------------------------------------
 def plot_results(model, histories, test, split, classes, image_size, run_dir):
-    """history.png: loss and accuracy per epoch (validation falling behind training as the epochs
-    go on is overfitting); confusion_matrix.png; predictions.png: test images with what the model
-    says; where_it_looks.png: which parts of them it needs. Drawn by the functions that follow."""
-    plot_history(histories, os.path.join(run_dir, "history.png"))
+    """history.png: loss and accuracy per epoch; validation falling behind training as the epochs
+    go on is overfitting. confusion_matrix.png. predictions.png: 16 test images, right and wrong,
+    with what the model says. where_it_looks.png: 8 of them with a grey patch hidden in turn over
+    each part; red where hiding it lowers the model's probability. Drawn by the functions after."""
+    plot_history(histories, os.path.join(run_dir, "history.png"))  # histories: a list of phases
     plot_confusion_matrix(test["confusion"], classes, os.path.join(run_dir, "confusion_matrix.png"))
-    picks = pick_examples(split[1], test["probabilities"].argmax(axis=1), 16)  # right and wrong
+    picks = pick_examples(split[1], test["probabilities"].argmax(axis=1), 16)
     x, labels, _ = subset(split, picks)
-    images = next(iter(make_dataset(x, labels, image_size, batch_size=16)))[0].numpy()
+    images = next(iter(make_dataset(x, labels, image_size, batch_size=16)))[0].numpy()  # resized
     probabilities = test["probabilities"][picks]
     plot_predictions(images, labels, probabilities, classes, f"{run_dir}/predictions.png")
     plot_where_it_looks(model, images[:8], labels[:8], probabilities[:8], classes,
@@ -284,9 +283,9 @@ def plot_results(model, histories, test, split, classes, image_size, run_dir):
 
 # 7. Export ------------------------------------------------------------------------------------
 def export_model(model, classes, test, evaluated, image_size, run_dir, results):
-    """model/: a SavedModel, TensorFlow's file format for a model's functions and weights, which
-    any TensorFlow program runs without Keras or TF Hub. Its serve() takes photos as they come and
-    scales and resizes them itself as training did, so they cannot be prepared differently."""
+    """model/: a SavedModel, TensorFlow's format for a model's functions and weights, which any
+    TensorFlow program runs without Keras or TF Hub. Its serve() takes photos as they come, scales
+    and resizes them itself as training did, and returns a probability per class in labels.txt."""
     archive = tf.keras.export.ExportArchive()
     archive.track(model)  # its weights
     photos = tf.TensorSpec([None, None, None, 3], tf.uint8)  # any number, height, width; RGB 0-255
@@ -297,7 +296,8 @@ def export_model(model, classes, test, evaluated, image_size, run_dir, results):
     tf.keras.utils.enable_interactive_logging()
     with open(os.path.join(run_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(name + "\n" for name in classes))
-    check_export(run_dir, test, evaluated["probabilities"], image_size, results)  # reloaded
+    # Reload model/ and check that it gives the trained model's probabilities for 8 test images.
+    check_export(run_dir, test, evaluated["probabilities"], image_size, results)
 
 
 # The lesson's helpers, in the order it calls them ------------------------------------------
@@ -510,8 +510,10 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
     Fine-tuning unfreezes the base and nudges all its weights towards our classes, at a learning
     rate far below the head's, so that noisy gradients from a few thousand images cannot overwrite
     what ImageNet taught it. The rate warms up (Adam's first steps move every weight by the full
-    rate, which knocked the model below the frozen one) and decays to zero. BatchNorm keeps its
-    ImageNet statistics (build_model). If the head alone did better on validation, it stays."""
+    rate, which knocked the model below the frozen one) and decays to zero. The base's BatchNorm
+    layers scale each layer's outputs by averages learned on ImageNet; build_model calls the base
+    with training=False, which keeps those averages even now: updated from a few thousand images,
+    they would wreck the features. If the head alone did better on validation, it stays."""
     step("8. Fine-tuning" if args.fine_tune_epochs else "8. Training on augmented images")
     head_weights, head_test_accuracy = model.get_weights(), results["test_accuracy"]
     images = make_dataset(*splits["train"][:2], args.image_size, args.batch_size, args.seed)
@@ -656,7 +658,9 @@ def feature_file(splits, args):
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "transfer_learning", key.hexdigest() + ".npz")
 
-def read_kept_features(path, results):
+def read_kept_features(splits, args, results):
+    """The features an earlier run kept for the same images, module and size; else None."""
+    path = results["features_file"] = feature_file(splits, args)
     results.update(features_from_cache=False, features_with=None)
     if path is None:
         return None
@@ -673,8 +677,9 @@ def read_kept_features(path, results):
         print(f"warning: cannot read the features kept in {path} ({type(e).__name__}); "
               "computing them again", file=sys.stderr)
 
-def keep_features(features, path):
+def keep_features(features, results):
     """Write, then rename: a run killed while writing leaves no half file under the real name."""
+    path = results["features_file"]
     if path is None:
         return
     try:
