@@ -21,6 +21,15 @@ def load(*argv):
     return splits, classes, results
 
 
+def load_error(capfd, *argv):
+    """The one line load_data ends with, exit status 2, for bad data."""
+    with pytest.raises(SystemExit) as exit_info:
+        load(*argv)
+    lines = script_lines(capfd.readouterr().err)
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    return lines[0]
+
+
 @pytest.fixture
 def cifar(monkeypatch):
     data = fake_cifar10()
@@ -82,11 +91,8 @@ def test_max_images_keeps_every_class_in_training(tmp_path):
 
 def test_max_images_fewer_than_the_classes_is_a_one_line_error(tmp_path, capfd):
     write_colour_images(tmp_path, FIVE, 20)
-    with pytest.raises(SystemExit) as exit_info:
-        load("--data-dir", tmp_path, "--max-images", 3)
-    lines = script_lines(capfd.readouterr().err)
-    assert exit_info.value.code == 2 and len(lines) == 1
-    assert "--max-images 3" in lines[0] and "5 classes" in lines[0]
+    line = load_error(capfd, "--data-dir", tmp_path, "--max-images", 3)
+    assert "--max-images 3" in line and "5 classes" in line
 
 
 @pytest.mark.parametrize("source", ["arrays", "files"])
@@ -163,11 +169,8 @@ def test_a_small_class_keeps_its_share_of_every_split(tmp_path):
 def test_a_class_too_small_to_split_is_a_one_line_error(tmp_path, capfd):
     write_colour_images(tmp_path, {"a": (200, 40, 40)}, 40)
     write_colour_images(tmp_path, {"b": (40, 40, 200)}, 2, seed=1)
-    with pytest.raises(SystemExit) as exit_info:
-        load("--data-dir", tmp_path)
-    lines = script_lines(capfd.readouterr().err)
-    assert exit_info.value.code == 2 and len(lines) == 1
-    assert "class b has 2 image(s)" in lines[0] and "at least 3" in lines[0], lines[0]
+    line = load_error(capfd, "--data-dir", tmp_path)
+    assert "class b has 2 image(s)" in line and "at least 3" in line, line
 
 
 def test_folders_named_only_like_splits_are_a_one_line_error(tmp_path, capfd):
@@ -176,11 +179,8 @@ def test_folders_named_only_like_splits_are_a_one_line_error(tmp_path, capfd):
         os.makedirs(tmp_path / split)
         for i in range(6):
             (tmp_path / split / f"{i}.jpg").write_bytes(jpeg_bytes(np.full((8, 8, 3), i, np.uint8)))
-    with pytest.raises(SystemExit) as exit_info:
-        load("--data-dir", tmp_path)
-    lines = script_lines(capfd.readouterr().err)
-    assert exit_info.value.code == 2 and len(lines) == 1
-    assert "labels.csv" in lines[0] and "<class>" in lines[0], lines[0]
+    line = load_error(capfd, "--data-dir", tmp_path)
+    assert "labels.csv" in line and "<class>" in line, line
 
 
 def test_labels_csv_gives_the_classes_kaggle_style(tmp_path, capfd):
