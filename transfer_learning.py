@@ -49,11 +49,8 @@ def run_lesson(args, run_dir, results):
     step("2. Model")
     module = load_module(args.model_handle, args.image_size)  # hub.load(handle), and checks
     model, base, extractor, head = build_model(module, args.image_size, len(classes), args.dropout)
-    step("3. Bottleneck features")  # each image through the frozen base, once: see step 3 below
-    features = read_kept_features(splits, args, results)  # kept on disk by an earlier run, if any
-    if features is None:
-        features = compute_features(extractor, datasets, splits, args, results)
-        keep_features(features, results)  # on disk, for the next run
+    step("3. Bottleneck features")  # compute_features, with speed-ups a learner may skip
+    features = with_speed_ups(compute_features, extractor, datasets, splits, args, results)
     step("4. Training the head")
     history = train_head(head, features, splits, classes, args, results)
     step("5. Evaluation")
@@ -137,7 +134,7 @@ def scale_and_resize(images, image_size):
     show it objects at a size it knows."""
     images = tf.image.convert_image_dtype(images, tf.float32)  # divides by 255
     # A large photo is shrunk with antialias, which averages its pixels instead of skipping most.
-    # Its size is known only once it is read, so None here means "a photo"; CIFAR's is 32.
+    # This runs on one image before batching; a photo's size is None here, CIFAR's is 32.
     shrinking = images.shape[-2] is None or images.shape[-2] > image_size
     return tf.image.resize(images, (image_size, image_size), antialias=shrinking)
 
@@ -171,7 +168,9 @@ def build_model(module, image_size, num_classes, dropout):
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
-    features = base(images, training=False)  # run as when predicting, even when fine-tuning (8)
+    # training=False, unlike trainable=False, is about how the base runs, not whether it learns:
+    # its BatchNorm layers keep ImageNet's averages, which matters when fine-tuning (section 8).
+    features = base(images, training=False)
     # Dropout hides random features at each training step: the head cannot lean on just a few.
     drop = tf.keras.layers.Dropout(dropout, name="dropout")
     # Dense gives each class a score, a weighted sum of the 1280 features; softmax turns the
@@ -188,17 +187,14 @@ def build_model(module, image_size, num_classes, dropout):
 # 3. Bottleneck features -----------------------------------------------------------------------
 # The central idea. The "bottleneck" is the base's last layer: the 1280 numbers it boils an image
 # down to. Frozen, the base gives an image the same numbers every time, so we run it once per image
-# and train the head on the numbers: seconds per epoch instead of minutes. For the same reason
-# run_lesson keeps them on disk, and a later run on the same images reads them back ("Speed-ups").
-def compute_features(extractor, datasets, splits, args, results):
+# and train the head on the numbers: seconds per epoch instead of minutes. The same numbers come
+# faster from disk if a run before computed them, or on a CPU from LiteRT: see with_speed_ups.
+def compute_features(extractor, datasets, splits):
     """{split: features}: each image through the frozen base once, one row of numbers per image."""
-    predict = extractor.predict
-    if use_litert(args, splits, results):  # on a CPU, the same network in LiteRT: twice as fast
-        predict = litert_predict(extractor)
     features = {}
     for name, images in datasets.items():
-        progress = show_progress(name, len(splits[name][1]))  # called after each batch
-        features[name] = predict(images, verbose=0, callbacks=[progress])
+        progress = show_progress(name, len(splits[name][1]))  # a callback: called after each batch
+        features[name] = extractor.predict(images, verbose=0, callbacks=[progress])
         print(f"{name:>10}: features of shape {features[name].shape}")
     print(f"Each image is now {features['train'].shape[1]} numbers, each telling how strongly a "
           "pattern MobileNetV2 learned to see (fur, an eye, a wheel...) shows in it.")
@@ -216,12 +212,15 @@ def train_head(head, features, splits, classes, args, results):
     before = head.evaluate(*validation, verbose=0, return_dict=True)["accuracy"]
     print(f"Validation accuracy before training: {before:.3f} (chance: {1 / len(classes):.3f}).\n"
           "Each epoch: loss and accuracy on the training features, then the same on validation.")
+    # Keras prints one line per epoch, e.g. "141/141 - 1s - loss: 0.47 - accuracy: 0.78 - val_loss:
+    # 0.45 - val_accuracy: 0.80" (batches, seconds, then the four numbers); and the epoch it keeps.
     history = fit_keeping_the_best_epoch(head, training, validation, args.epochs)
     kept = int(np.argmin(history["val_loss"]))
     train_accuracy, val_accuracy = history["accuracy"][kept], history["val_accuracy"][kept]
     print(f"Kept epoch {kept + 1}: training accuracy {train_accuracy:.3f}, validation "
           f"{val_accuracy:.3f}. Training far above validation would be overfitting: memorising the "
-          "training images, not learning the classes. (With dropout on, training can be lower.)")
+          "training images, not learning the classes. (Training accuracy is measured with dropout "
+          "hiding features, so it can also sit below validation.)")
     results.update(accuracy_before_training=before, kept_epoch=kept + 1,
                    train_accuracy=train_accuracy, val_accuracy=val_accuracy)
     return history
@@ -274,7 +273,8 @@ def plot_results(model, histories, test, split, classes, image_size, run_dir):
     plot_confusion_matrix(test["confusion"], classes, os.path.join(run_dir, "confusion_matrix.png"))
     picks = pick_examples(split[1], test["probabilities"].argmax(axis=1), 16)
     x, labels, _ = subset(split, picks)
-    images = next(iter(make_dataset(x, labels, image_size, batch_size=16)))[0].numpy()  # resized
+    pipeline = make_dataset(x, labels, image_size, batch_size=16)  # the 16, resized, in one batch
+    images = next(iter(pipeline))[0].numpy()
     probabilities = test["probabilities"][picks]
     plot_predictions(images, labels, probabilities, classes, f"{run_dir}/predictions.png")
     plot_where_it_looks(model, images[:8], labels[:8], probabilities[:8], classes,
@@ -308,6 +308,7 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
+import types  # noqa: E402
 
 def device():
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU
@@ -592,6 +593,18 @@ except ImportError:
     LiteRT = None
 LITERT_MIN_IMAGES = 1000
 
+def with_speed_ups(compute_features, extractor, datasets, splits, args, results):
+    """compute_features(extractor, datasets, splits), or the same numbers faster: read back from
+    disk if an earlier run computed them for the same images, module and image size; else, on a
+    CPU, computed by the extractor converted for LiteRT. What it computes it keeps on disk."""
+    features = read_kept_features(splits, args, results)
+    if features is None:
+        if use_litert(args, splits, results):
+            extractor = litert_extractor(extractor)
+        features = compute_features(extractor, datasets, splits)
+        keep_features(features, results)
+    return features
+
 def use_litert(args, splits, results):
     """--features-with, where auto is litert on a CPU with enough images to repay converting."""
     runtime, count = args.features_with, sum(len(y) for _, y, _ in splits.values())
@@ -604,8 +617,8 @@ def use_litert(args, splits, results):
     results["features_with"] = runtime
     return runtime == "litert"
 
-def litert_predict(extractor):
-    """A stand-in for extractor.predict that runs the extractor converted for LiteRT."""
+def litert_extractor(extractor):
+    """A stand-in for the extractor, whose predict() runs it converted for LiteRT."""
     spec = tf.TensorSpec(extractor.input_shape, tf.float32)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [tf.function(extractor).get_concrete_function(spec)], extractor)
@@ -624,7 +637,7 @@ def litert_predict(extractor):
             for callback in callbacks:
                 callback.on_predict_batch_end(k, {})
         return np.concatenate(features)
-    return predict
+    return types.SimpleNamespace(predict=predict)
 
 def show_progress(name, count):
     """A Keras callback that prints, on one line, how many images are done and how fast."""
@@ -669,6 +682,8 @@ def read_kept_features(splits, args, results):
             features = {name: kept[name] for name in ("train", "validation", "test")}
         os.utime(path)  # used: kept longer
         print(f"Features read from {path}, computed by an earlier run on the same images.")
+        for name, numbers in features.items():
+            print(f"{name:>10}: features of shape {numbers.shape}")
         results["features_from_cache"] = True
         return features
     except FileNotFoundError:
