@@ -4,7 +4,9 @@ MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. Kept "
 unchanged, it turns each image into 1280 numbers, its "features"; a small new "head" (Dropout,
 then Dense) learns your classes from them in seconds: CIFAR-10's cats and dogs, or your photos.
 Then we test it honestly, see where it looks and what it gets wrong, and export it. Run it:
-    python transfer_learning.py  [--max-images 300: a quick look]  [--data-dir DIR]  [--help]
+    python transfer_learning.py  [--max-images 300: a quick look]  [--help: every option]
+    python transfer_learning.py --data-dir DIR    your photos: DIR/cat/*.jpg, DIR/dog/*.jpg, ...
+    python transfer_learning.py --predict photo.jpg --model-dir runs/<date-time>    new photos
 On a laptop CPU a first run takes a minute or two. Untrained, the head is right about half the
 time (chance, for two classes); trained, about 79 times in 100 on new images, give or take 2.
 run_lesson(), below, is the table of contents; the steps follow in the order it runs them.
@@ -32,13 +34,12 @@ except KeyboardInterrupt:  # Ctrl-C in the seconds TensorFlow takes to load: sto
 # trained on ImageNet, as a feature vector: 224x224 images in [0, 1] in, 1280 numbers out.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 CIFAR10_CAT, CIFAR10_DOG = 3, 5  # CIFAR-10's numbers for its cat and dog classes
-BATCH = 32  # images per batch when the network only looks (training has --batch-size)
+BATCH = 32  # images per batch when the network predicts (training batches: --batch-size)
 
 
 def run_lesson(args, run_dir, results):
-    """The lesson, step by step. Before it, main() (at the end of the file) read the options in
-    args, seeded the random numbers and made run_dir for this run's files; results collects the
-    numbers that main() writes to metrics.json at the end."""
+    """The lesson, step by step. Before it, main() read the options (args), seeded the random
+    numbers and made run_dir; results collects what main() then writes to metrics.json."""
     print(f"Running on the {device()}.")
     step("1. Data")
     splits, classes = load_data(args, results)
@@ -67,10 +68,9 @@ def run_lesson(args, run_dir, results):
 
 
 # 1. Data --------------------------------------------------------------------------------------
-# Three splits of labelled images: training images teach the head; validation images pick the
-# best epoch (an epoch is one pass over all training images); test images, unseen until step 5,
-# tell how it does on new photos. A split is (x, y, names): the images (CIFAR-10's pixels, or
-# your photos' paths), their labels (numbers: 0 = cat, 1 = dog) and names, for predictions.csv.
+# Three splits: training images teach the head; validation images pick the best epoch (one pass
+# over all training images); test images, unseen until step 5, say how it does on new photos. A
+# split is (x, y, names): the images (pixels or file paths), class numbers (0 = cat) and names.
 def load_data(args, results):
     """Training, validation and test splits, and the class names."""
     if args.data_dir is not None:  # your own photos: see "Your own photos", after the lessons
@@ -113,9 +113,6 @@ def carve(split, fraction, seed):
     rest = [i for i in range(len(labels)) if i not in set(carved)]
     return subset(split, rest), subset(split, sorted(carved))
 
-def subset(split, indices):
-    return split[0][indices], split[1][indices], split[2][indices]  # x, y and names
-
 def make_dataset(x, y, image_size, batch_size=BATCH, shuffle_seed=None):
     """Batches of (images, labels) from tf.data, which reads and resizes each image only when it is
     needed (12000 upscaled images would take 7 GB); prefetch readies the next batch meanwhile."""
@@ -133,8 +130,8 @@ def scale_and_resize(images, image_size):
     image_size pixels square: MobileNetV2 learned on 224x224 photos. Upscaled, CIFAR's 32x32 images
     show it objects at a size it knows."""
     images = tf.image.convert_image_dtype(images, tf.float32)  # divides by 255
-    # A large photo is shrunk with antialias, which averages its pixels instead of skipping most.
-    # This runs on one image before batching; a photo's size is None here, CIFAR's is 32.
+    # Shrinking with antialias averages pixels instead of skipping most; enlarging CIFAR's images
+    # needs none. A photo's width, shape[-2], is None here: it is known only once it is read.
     shrinking = images.shape[-2] is None or images.shape[-2] > image_size
     return tf.image.resize(images, (image_size, image_size), antialias=shrinking)
 
@@ -169,9 +166,11 @@ def build_model(module, image_size, num_classes, dropout):
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
     # training=False, unlike trainable=False, is about how the base runs, not whether it learns:
-    # its BatchNorm layers keep ImageNet's averages, which matters when fine-tuning (section 8).
+    # its BatchNorm layers (which rescale their inputs) keep ImageNet's averages. See section 8.
     features = base(images, training=False)
-    drop = tf.keras.layers.Dropout(dropout, name="dropout")  # hides random features in training
+    # Dropout hides random features at each training step, so that the head cannot lean on a few
+    # of them: a guard against overfitting, which step 4 explains.
+    drop = tf.keras.layers.Dropout(dropout, name="dropout")
     # Dense gives each class a score, a weighted sum of the 1280 features; softmax turns the
     # scores into probabilities that add up to 1.
     classify = tf.keras.layers.Dense(num_classes, activation="softmax", name="classifier")
@@ -282,10 +281,11 @@ def plot_results(model, histories, test, split, classes, image_size, run_dir):
 
 # 7. Export ------------------------------------------------------------------------------------
 def export_model(model, classes, test, evaluated, image_size, run_dir, results):
-    """model/: a SavedModel, TensorFlow's format for a model's functions and weights, which any
-    TensorFlow program runs without Keras or TF Hub. Its serve() takes photos as they come, scales
-    and resizes them itself as training did, and returns a probability per class in labels.txt:
-    probabilities = tf.saved_model.load("RUN/model").serve(photos), photos uint8 [N, H, W, 3]."""
+    """model/: a SavedModel (TensorFlow's format for a model's functions and weights) with one
+    function, serve(): it takes photos as they come, scales and resizes them as training did, and
+    returns a probability per class in labels.txt's order. Any Python program can use it:
+        pixels = np.asarray(PIL.Image.open("photo.jpg").convert("RGB"))  # uint8, [H, W, 3]
+        probabilities = tf.saved_model.load("RUN/model").serve(pixels[None])[0]"""
     archive = tf.keras.export.ExportArchive()
     archive.track(model)  # its weights
     photos = tf.TensorSpec([None, None, None, 3], tf.uint8)  # any number, height, width; RGB 0-255
@@ -360,6 +360,9 @@ def why_the_module_cannot_load(handle, error):
     return (f"cannot load --model-handle {handle} ({error}); to run offline use a local path as "
             "--model-handle, or the module placed in $TFHUB_CACHE_DIR, and --data-dir instead of "
             "the CIFAR-10 download")
+
+def subset(split, indices):
+    return split[0][indices], split[1][indices], split[2][indices]  # x, y and names
 
 def accuracy_interval(predicted, labels, z=1.96):
     """Wilson's 95% interval around an accuracy measured on a few images."""
