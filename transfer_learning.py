@@ -38,8 +38,9 @@ BATCH = 32  # images per batch when the network predicts (training batches: --ba
 
 
 def run_lesson(args, run_dir, results):
-    """The lesson, step by step. Before it, main() read the options (args), seeded the random
-    numbers and made run_dir; results collects what main() then writes to metrics.json."""
+    """The lesson, step by step. Before it, main() read the options (args; by default 10 epochs,
+    batches of 64, learning rate 0.001, dropout 0.2), seeded the random numbers and made run_dir;
+    results collects what main() then writes to metrics.json."""
     print(f"Running on the {device()}.")
     step("1. Data")
     splits, classes = load_data(args, results)
@@ -156,18 +157,17 @@ def show_data(train, dataset, classes, path):
 
 # 2. Model -------------------------------------------------------------------------------------
 def build_model(module, image_size, num_classes, dropout):
-    """The frozen base under a new head, as three Keras models. A Keras model wires layers from an
-    Input to an output; a layer turns its input into an output with weights, numbers it can learn.
-    The three use the same layer objects, so they share weights: training head trains model too.
+    """The frozen base under a new head, as three Keras models. A layer turns its input into an
+    output with weights, numbers it can learn; calling a layer on an input, as in drop(features),
+    wires it in, and a Keras model runs the wired layers from its Input to its output. The three
+    call the same layer objects, so they share weights: training head trains model too.
     model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export;
     extractor  images -> MobileNetV2 features: what runs once per image (step 3);
     head       features -> Dropout -> Dense: what we train (step 4)."""
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
-    # training=False, unlike trainable=False, is about how the base runs, not whether it learns:
-    # its BatchNorm layers (which rescale their inputs) keep ImageNet's averages. See section 8.
-    features = base(images, training=False)
+    features = base(images, training=False)  # a setting for fine-tuning: ignore until section 8
     # Dropout hides random features at each training step, so that the head cannot lean on a few
     # of them: a guard against overfitting, which step 4 explains.
     drop = tf.keras.layers.Dropout(dropout, name="dropout")
