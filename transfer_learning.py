@@ -47,7 +47,7 @@ def run_lesson(args, run_dir, results):
     datasets = {}  # tf.data pipelines that read and resize each split's images as needed
     for name, (x, y, _) in splits.items():
         datasets[name] = make_dataset(x, y, args.image_size)
-    show_data(splits["train"], datasets["train"], classes, os.path.join(run_dir, "data.png"))
+    show_data(splits["train"], classes, args.image_size, os.path.join(run_dir, "data.png"))
     step("2. Model")
     module = load_module(args.model_handle, args.image_size)  # hub.load(handle), and checks
     model, base, extractor, head = build_model(module, args.image_size, len(classes), args.dropout)
@@ -136,23 +136,23 @@ def scale_and_resize(images, image_size):
     shrinking = images.shape[-2] is None or images.shape[-2] > image_size
     return tf.image.resize(images, (image_size, image_size), antialias=shrinking)
 
-def show_data(train, dataset, classes, path):
-    """Look before training: a batch's shape, and data.png with two training images of each class
-    (8 classes at most), as stored and as the network gets them."""
-    images = next(iter(dataset))[0].numpy()
-    size, rows = images.shape[1], min(8, len(classes))
-    print(f"The network gets batches of shape {images.shape} (images, height, width, colours), "
-          f"values from {images.min():.2f} to {images.max():.2f}.")
+def show_data(train, classes, size, path):
+    """Look before training: data.png with two training images of each class (8 classes at most),
+    as stored and as the network gets them; and the shape of what it gets."""
+    rows = min(8, len(classes))
     fig, axes = plt.subplots(rows, 4, figsize=(11, 2.8 * rows), squeeze=False, layout="constrained",
                              subplot_kw=dict(xticks=[], yticks=[]))
     for label in range(rows):
         for k, i in enumerate(np.flatnonzero(train[1] == label)[:2]):
             stored = stored_image(train[0][i], size)  # CIFAR's pixels, or a photo from its file
+            received = scale_and_resize(stored, size).numpy()
             axes[label, 2 * k].imshow(stored, interpolation="nearest")  # every stored pixel shows
             axes[label, 2 * k].set_title(f"{classes[label]}: {stored.shape[1]}x{stored.shape[0]}")
-            axes[label, 2 * k + 1].imshow(scale_and_resize(stored, size))
+            axes[label, 2 * k + 1].imshow(received)
             axes[label, 2 * k + 1].set_title(f"as the network gets it: {size}x{size}")
     fig.savefig(path)
+    print(f"The network gets batches of shape {(BATCH, *received.shape)}: images, height, width, "
+          f"colours; each value from 0 (black) to 1 (white), here {received.max():.2f} at most.")
 
 
 # 2. Model -------------------------------------------------------------------------------------

@@ -109,8 +109,7 @@ def test_pipeline_resizes_on_the_fly_to_floats_in_0_1(source, catdog):
 
 def test_data_plot_shows_each_class_as_stored_and_as_received(cifar, tmp_path):
     splits, classes, _ = load("--max-images", "20")
-    dataset = tl.make_dataset(*splits["train"][:2], 64)
-    tl.show_data(splits["train"], dataset, classes, str(tmp_path / "data.png"))
+    tl.show_data(splits["train"], classes, 64, str(tmp_path / "data.png"))
     assert (tmp_path / "data.png").stat().st_size > 0
     axes = tl.plt.gcf().axes
     assert len(axes) == 8  # 2 classes x (2 images as stored + as received)
