@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import fake_cifar10, run_main, save_feature_vector, script_lines, tl, write_colour_images
 
@@ -58,12 +59,15 @@ def test_the_kept_features_are_the_ones_computed(photos, module32, tmp_path, own
         np.testing.assert_allclose(features[name], fresh, atol=1e-5)
 
 
-@pytest.mark.parametrize("change", ["an image replaced by another", "an image added",
+@pytest.mark.parametrize("change", ["an image replaced by another", "an image edited, same size",
+                                    "an image added",
                                     "an image removed", "the image size", "the module",
                                     "the module rebuilt in place"])
 def test_anything_that_changes_the_features_computes_them_again(change, photos, module32,
                                                                 tmp_path, own_feature_cache):
-    module = module32
+    module, bmp = module32, photos / "red" / "edited.bmp"
+    if change == "an image edited, same size":  # BMP: the same size in bytes, whatever the pixels
+        Image.fromarray(np.full((32, 32, 3), (200, 40, 40), np.uint8)).save(bmp)
     if change == "the module rebuilt in place":
         module = save_feature_vector(str(tmp_path / "module"), 32)
     if change == "the image size":  # a module that takes any size: only the size changes
@@ -72,6 +76,10 @@ def test_anything_that_changes_the_features_computes_them_again(change, photos, 
     extra = []
     if change == "an image replaced by another":
         (photos / "red" / "003.png").write_bytes((photos / "blue" / "007.png").read_bytes())
+    elif change == "an image edited, same size":
+        size = os.path.getsize(bmp)
+        Image.fromarray(np.full((32, 32, 3), (190, 50, 40), np.uint8)).save(bmp)
+        assert os.path.getsize(bmp) == size
     elif change == "an image added":
         (photos / "blue" / "new.png").write_bytes((photos / "blue" / "007.png").read_bytes())
     elif change == "an image removed":
