@@ -332,6 +332,12 @@ def check_classes_can_be_split(splits, classes, args):
         fail(f"--max-images {args.max_images} is fewer than the {len(classes)} classes; give at "
              f"least {len(classes)}, so that every class keeps an image")
 
+def subset(split, indices):
+    return split[0][indices], split[1][indices], split[2][indices]  # x, y and names
+
+def stored_image(x, image_size):
+    return read_photo(x, image_size) if isinstance(x, str) else x  # CIFAR's pixels, or a photo
+
 def load_module(handle, image_size):
     """hub.load(handle), or one line saying why the module cannot be used."""
     try:
@@ -360,9 +366,6 @@ def why_the_module_cannot_load(handle, error):
     return (f"cannot load --model-handle {handle} ({error}); to run offline use a local path as "
             "--model-handle, or the module placed in $TFHUB_CACHE_DIR, and --data-dir instead of "
             "the CIFAR-10 download")
-
-def subset(split, indices):
-    return split[0][indices], split[1][indices], split[2][indices]  # x, y and names
 
 def accuracy_interval(predicted, labels, z=1.96):
     """Wilson's 95% interval around an accuracy measured on a few images."""
@@ -728,9 +731,6 @@ def read_photo(path, image_size):
     with Image.open(path) as photo:
         photo.draft("RGB", (image_size, image_size))
         return np.asarray(ImageOps.exif_transpose(photo).convert("RGB"))
-
-def stored_image(x, image_size):
-    return read_photo(x, image_size) if isinstance(x, str) else x  # CIFAR's pixels, or a photo
 
 def read_photo_op(image_size):
     """read_photo for tf.data: (path, label) -> (pixels, label), on as many cores as there are."""
