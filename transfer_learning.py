@@ -812,15 +812,19 @@ def read_labels_csv(data_dir):
     photos = {}  # by name, with and without the extension
     for name in visible(folder, os.path.isfile):
         photos[name] = photos[os.path.splitext(name)[0]] = os.path.join(folder, name)
-    with open(os.path.join(data_dir, "labels.csv"), newline="", encoding="utf-8-sig") as f:
-        rows = [row for row in csv.reader(f) if len(row) >= 2][1:]  # [1:]: not the header
+    try:
+        with open(os.path.join(data_dir, "labels.csv"), newline="", encoding="utf-8-sig") as f:
+            rows = [row for row in csv.reader(f) if len(row) >= 2][1:]  # [1:]: not the header
+    except (OSError, UnicodeError, csv.Error) as e:
+        fail(f"cannot read {os.path.join(data_dir, 'labels.csv')} ({type(e).__name__}); save it as "
+             "UTF-8 text: a header row, then a file name and a class per row")
     found = {photos[row[0].strip()]: row[1].strip() for row in rows if row[0].strip() in photos}
     unlisted = len(set(photos.values()) - set(found))
     if len(found) < len(rows) or unlisted:
         print(f"warning: {len(rows) - len(found)} row(s) of labels.csv name no file in {folder}, "
               f"and {unlisted} file(s) there have no row; both are left out", file=sys.stderr)
     classes = sorted(set(found.values()))
-    check_classes(os.path.join(data_dir, "labels.csv"), classes or [""])
+    check_classes(os.path.join(data_dir, "labels.csv"), classes)
     paths = np.array(list(found))
     labels = np.array([classes.index(name) for name in found.values()], dtype=np.int64)
     return {"train": (paths, labels, paths)}, classes

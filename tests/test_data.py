@@ -207,6 +207,21 @@ def test_labels_csv_gives_the_classes_kaggle_style(tmp_path, capfd):
     assert len(warnings) == 1 and "1 row(s)" in warnings[0] and "1 file(s)" in warnings[0]
 
 
+@pytest.mark.parametrize("content, named", [(b"id,breed\ncaf\xe9,pug\n", "UTF-8"),
+                                            (b"id,breed\nnobody,pug\n", "0 class(es)")])
+def test_a_labels_csv_that_cannot_be_used_ends_in_a_clear_error(content, named, tmp_path, capfd):
+    """A CSV saved in another encoding, or naming none of the photos (then a warning first)."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a.jpg").write_bytes(jpeg_bytes(np.zeros((8, 8, 3), np.uint8)))
+    (tmp_path / "labels.csv").write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        load("--data-dir", tmp_path)
+    err = capfd.readouterr().err
+    line = script_lines(err)[-1]
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert line.startswith("error:") and "labels.csv" in line and named in line, line
+
+
 # Photos as phones take them -------------------------------------------------------------------
 
 def portrait(height=48, width=36):
