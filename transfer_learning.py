@@ -9,14 +9,17 @@ Then we test it honestly, see where it looks and what it gets wrong, and export 
     python transfer_learning.py --predict photo.jpg --model-dir runs/<date-time>    new photos
 On a laptop CPU a first run takes a minute or two. Untrained, the head is right about half the
 time (chance, for two classes); trained, about 79 times in 100 on new images, give or take 2.
-run_lesson(), below, is the table of contents; the steps follow in the order it runs them.
+
+How to read it: the lesson, steps 1 to 7, fills the first 300 lines; extra lessons 8 to 11
+follow. Then a banner says the tutorial ends: below it is the appendix, machinery that makes the
+script a robust tool, which nobody needs to read to learn transfer learning.
 """
+import csv
 import os
 import sys
-import time
 
-# Set-up, safe to skip: TF Hub needs Keras 2 ("tf-keras"), chosen before TensorFlow loads; fewer
-# start-up messages; memory reused between batches, which is faster on a CPU.
+# TF Hub's layers need Keras 2 (the tf-keras package), which TensorFlow picks as it loads. The
+# other two lines are set-up, safe to skip: fewer start-up messages; memory reused between batches.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
@@ -38,10 +41,11 @@ BATCH = 32  # images per batch when the network predicts (training batches: --ba
 
 
 def run_lesson(args, run_dir, results):
-    """The lesson, step by step. Before it, main() read the options (args; by default 10 epochs,
-    batches of 64, learning rate 0.001, dropout 0.2), seeded the random numbers and made run_dir;
-    results collects what main() then writes to metrics.json."""
-    print(f"Running on the {device()}.")
+    """The lesson, step by step: its table of contents. main(), at the end of the file, read the
+    options (args; by default 10 epochs, batches of 64, learning rate 0.001, dropout 0.2), seeded
+    the random numbers and made run_dir; results collects what it writes to metrics.json. step()
+    prints a step's title: like every helper from the appendix, it is named where it is used."""
+    print(f"Running on the {device()}.")  # device() (appendix A): GPU if TensorFlow finds one
     step("1. Data")
     splits, classes = load_data(args, results)
     datasets = {}  # tf.data pipelines that read and resize each split's images as needed
@@ -49,24 +53,28 @@ def run_lesson(args, run_dir, results):
         datasets[name] = make_dataset(x, y, args.image_size)
     show_data(splits["train"], classes, args.image_size, os.path.join(run_dir, "data.png"))
     step("2. Model")
-    module = load_module(args.model_handle, args.image_size)  # hub.load(handle), and checks
+    module = load_module(args.model_handle, args.image_size)  # hub.load, and checks (appendix)
     model, base, extractor, head = build_model(module, args.image_size, len(classes), args.dropout)
-    step("3. Bottleneck features")  # compute_features, with speed-ups a learner may skip
-    features = with_speed_ups(compute_features, extractor, datasets, splits, args, results)
+    step("3. Bottleneck features")
+    # Two speed-ups from appendix B: features an earlier run computed for the same images are read
+    # back from disk; on a CPU, LiteRT, TensorFlow's runtime for phones, runs the same network
+    # about twice as fast, with the same numbers.
+    features = read_kept_features(splits, args, results)
+    if features is None:
+        if use_litert(args, splits, results):
+            extractor = litert_extractor(extractor)  # an object whose predict() runs LiteRT
+        features = compute_features(extractor, datasets, splits)
+        keep_features(features, results)
     step("4. Training the head")
     history = train_head(head, features, splits, classes, args, results)
     step("5. Evaluation")
-    test = evaluate(head, features["test"], splits["test"], classes, run_dir, results)
+    test = evaluate(head, features["test"], splits["test"], classes, results)
     step("6. Plots")
-    plot_results(model, [history], test, splits["test"], classes, args.image_size, run_dir)
+    plot_results([history], test, splits["test"], classes, args.image_size, run_dir)
     step("7. Export")
     export_model(model, classes, splits["test"], test, args.image_size, run_dir, results)
-    if args.fine_tune_epochs or args.augment:  # the extra lesson, after this one (section 8)
-        train_on_images(model, base, splits, datasets, history, classes, args, run_dir, results)
-    if args.tflite:  # an extra lesson: a model for phones
-        export_tflite(model, splits["test"], test, args.image_size, run_dir, results)
-    print_what_to_try_next(results)
-
+    # Lessons 8 to 11, after this one: they start right after step 7.
+    run_extra_lessons(model, base, splits, datasets, history, test, classes, args, run_dir, results)
 
 # 1. Data --------------------------------------------------------------------------------------
 # Three splits: training images teach the head; validation images pick the best epoch (one pass
@@ -74,22 +82,24 @@ def run_lesson(args, run_dir, results):
 # split is (x, y, names): the images (pixels or file paths), class numbers (0 = cat) and names.
 def load_data(args, results):
     """Training, validation and test splits, and the class names."""
-    if args.data_dir is not None:  # your own photos: see "Your own photos", after the lessons
+    if args.data_dir is not None:  # your own photos, read by load_photos in appendix C
         splits, classes = load_photos(args.data_dir, results)
     else:
         splits, classes = load_cifar10_cats_and_dogs()
-    check_classes_can_be_split(splits, classes, args)  # enough images in every class?
+    check_classes_can_be_split(splits, classes, args)  # enough in every class? (appendix)
     for name in ("validation", "test"):  # CIFAR-10 has no validation split: carve one out
         if name not in splits:
             splits["train"], splits[name] = carve(splits["train"], args.validation_split, args.seed)
     for name in ("train", "validation", "test"):
         if args.max_images and len(splits[name][1]) > args.max_images:  # a quick run: a sample
-            _, splits[name] = carve(splits[name], args.max_images / len(splits[name][1]), args.seed)
+            fraction = args.max_images / len(splits[name][1])
+            rest, sample = carve(splits[name], fraction, args.seed)
+            splits[name] = sample  # the rest go unused
         y = splits[name][1]
         counts = [f"{np.sum(y == label)} {c}" for label, c in enumerate(classes)]
         print(f"{name:>10}: {len(y):5d} images ({', '.join(counts)})")
         results[f"num_{name}"] = len(y)
-    if args.data_dir is not None:
+    if args.data_dir is not None:  # copies across splits flatter the accuracy (appendix C)
         warn_about_copies_across_splits(splits, results)
     results.update(classes=classes, data=args.data_dir or "CIFAR-10")
     return {name: splits[name] for name in ("train", "validation", "test")}, classes
@@ -97,7 +107,7 @@ def load_data(args, results):
 def load_cifar10_cats_and_dogs():
     """CIFAR-10's 32x32 photos of cats and dogs: 10000 for training, 2000 for testing."""
     splits = {}
-    for name, (x, y) in zip(["train", "test"], download_cifar10()):  # 160 MB, the first time
+    for name, (x, y) in zip(["train", "test"], download_cifar10()):  # 160 MB once (appendix A)
         y = y.flatten()  # Keras gives the labels as a column: [[3], [5], ...]
         keep = np.flatnonzero((y == CIFAR10_CAT) | (y == CIFAR10_DOG))
         names = np.array([f"CIFAR-10 {name} image {i}" for i in keep])
@@ -112,15 +122,15 @@ def carve(split, fraction, seed):
         of_class = rng.permutation(np.flatnonzero(labels == label))  # this class's, shuffled
         carved.extend(of_class[:max(1, round(len(of_class) * fraction))])
     rest = [i for i in range(len(labels)) if i not in set(carved)]
-    return subset(split, rest), subset(split, sorted(carved))
+    return subset(split, rest), subset(split, sorted(carved))  # subset: in appendix A
 
 def make_dataset(x, y, image_size, batch_size=BATCH, shuffle_seed=None):
     """Batches of (images, labels) from tf.data, which reads and resizes each image only when it is
     needed (12000 upscaled images would take 7 GB); prefetch readies the next batch meanwhile."""
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle_seed is not None:  # a new order every epoch, to train on images (section 8)
+    if shuffle_seed is not None:  # a new order every epoch, to train on images (lesson 8)
         dataset = dataset.shuffle(len(y), seed=shuffle_seed)
-    if isinstance(x[0], str):  # file paths: read_photo is in "Your own photos"
+    if isinstance(x[0], str):  # file paths: read_photo_op, in appendix C, reads the photos
         dataset = dataset.map(read_photo_op(image_size), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(lambda image, label: (scale_and_resize(image, image_size), label),
                           num_parallel_calls=tf.data.AUTOTUNE)  # AUTOTUNE: on as many cores
@@ -144,7 +154,7 @@ def show_data(train, classes, size, path):
                              subplot_kw=dict(xticks=[], yticks=[]))
     for label in range(rows):
         for k, i in enumerate(np.flatnonzero(train[1] == label)[:2]):
-            stored = stored_image(train[0][i], size)  # CIFAR's pixels, or a photo from its file
+            stored = stored_image(train[0][i], size)  # CIFAR's pixels, or a photo (appendix A)
             received = scale_and_resize(stored, size).numpy()
             axes[label, 2 * k].imshow(stored, interpolation="nearest")  # every stored pixel shows
             axes[label, 2 * k].set_title(f"{classes[label]}: {stored.shape[1]}x{stored.shape[0]}")
@@ -153,7 +163,6 @@ def show_data(train, classes, size, path):
     fig.savefig(path)
     print(f"The network gets batches of shape {(BATCH, *received.shape)}: images, height, width, "
           f"colours; each value from 0 (black) to 1 (white), here {received.max():.2f} at most.")
-
 
 # 2. Model -------------------------------------------------------------------------------------
 def build_model(module, image_size, num_classes, dropout):
@@ -167,9 +176,11 @@ def build_model(module, image_size, num_classes, dropout):
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
-    features = base(images, training=False)  # a setting for fine-tuning: ignore until section 8
+    # training=False: even when lesson 8 unfreezes the base, its BatchNorm layers keep ImageNet's
+    # statistics (BatchNorm rescales a layer's outputs by averages learned in training).
+    features = base(images, training=False)
     # Dropout hides random features at each training step, so that the head cannot lean on a few
-    # of them: a guard against overfitting, which step 4 explains.
+    # of them: a guard against overfitting, memorising the training images instead of learning.
     drop = tf.keras.layers.Dropout(dropout, name="dropout")
     # Dense gives each class a score, a weighted sum of the 1280 features; softmax turns the
     # scores into probabilities that add up to 1.
@@ -181,23 +192,20 @@ def build_model(module, image_size, num_classes, dropout):
     model.summary()  # millions of frozen weights, a few thousand trainable ones on top
     return model, base, extractor, head
 
-
 # 3. Bottleneck features -----------------------------------------------------------------------
 # The central idea. The "bottleneck" is the base's last layer: the 1280 numbers it boils an image
 # down to. Frozen, the base gives an image the same numbers every time, so we run it once per image
-# and train the head on the numbers: seconds per epoch instead of minutes. The same numbers come
-# faster from disk if a run before computed them, or on a CPU from LiteRT: see with_speed_ups.
+# and train the head on the numbers: seconds per epoch instead of minutes.
 def compute_features(extractor, datasets, splits):
     """{split: features}: each image through the frozen base once, one row of numbers per image."""
     features = {}
     for name, images in datasets.items():
-        progress = show_progress(name, len(splits[name][1]))  # a callback: called after each batch
+        progress = show_progress(name, len(splits[name][1]))  # prints images done (appendix A)
         features[name] = extractor.predict(images, verbose=0, callbacks=[progress])
         print(f"{name:>10}: features of shape {features[name].shape}")
     print(f"Each image is now {features['train'].shape[1]} numbers, each telling how strongly a "
           "pattern MobileNetV2 learned to see (fur, an eye, a wheel...) shows in it.")
     return features
-
 
 # 4. Training the head -------------------------------------------------------------------------
 def train_head(head, features, splits, classes, args, results):
@@ -216,9 +224,8 @@ def train_head(head, features, splits, classes, args, results):
     kept = int(np.argmin(history["val_loss"]))
     train_accuracy, val_accuracy = history["accuracy"][kept], history["val_accuracy"][kept]
     print(f"Kept epoch {kept + 1}: training accuracy {train_accuracy:.3f}, validation "
-          f"{val_accuracy:.3f}. Training far above validation would be overfitting: memorising the "
-          "training images, not learning the classes. (Training accuracy is measured with dropout "
-          "hiding features, so it can also sit below validation.)")
+          f"{val_accuracy:.3f}. Training far above validation would be overfitting. (Dropout "
+          "hides features while training accuracy is measured: it can also sit below.)")
     results.update(accuracy_before_training=before, kept_epoch=kept + 1,
                    train_accuracy=train_accuracy, val_accuracy=val_accuracy)
     return history
@@ -231,53 +238,44 @@ def compile_for_training(model, learning_rate):
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 def fit_keeping_the_best_epoch(model, training, validation, epochs):
-    """model.fit, then back to the epoch with the lowest validation loss (it rewards sure right
-    answers and, unlike accuracy, rarely ties): EarlyStopping with restore_best_weights, and
-    patience=epochs so that it never stops early. Never the test images: they must stay unseen."""
-    keep_best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
-                                                 restore_best_weights=True, verbose=1)
-    return model.fit(training, validation_data=validation, epochs=epochs,
-                     callbacks=[keep_best]).history
-
+    """model.fit for all the epochs, then back to the weights of the epoch with the lowest
+    validation loss (it rewards sure right answers and, unlike accuracy, rarely ties); never the
+    test images: they must stay unseen. EarlyStopping notes the best epoch's weights as training
+    goes; patience=epochs: it never stops early (and then tf-keras < 2.16 restores nothing)."""
+    best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
+                                            restore_best_weights=True)
+    history = model.fit(training, validation_data=validation, epochs=epochs, callbacks=[best])
+    model.set_weights(best.best_weights)
+    return history.history
 
 # 5. Evaluation --------------------------------------------------------------------------------
-def evaluate(model, inputs, test, classes, run_dir, results):
-    """Accuracy on the test images, with its uncertainty and per class; predictions.csv."""
+def evaluate(model, inputs, test, classes, results):
+    """Accuracy and loss on the test images, per class, and which classes are taken for which."""
     probabilities = model.predict(inputs, verbose=0)
     labels, predicted = test[1], probabilities.argmax(axis=1)
     loss = float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(labels, probabilities)))
-    accuracy, (low, high) = np.mean(predicted == labels), accuracy_interval(predicted, labels)
-    print(f"Test accuracy {accuracy:.4f} on {len(labels)} images, loss {loss:.4f}. On other test "
-          f"images it would likely be between {low:.3f} and {high:.3f} (a 95% interval), so two "
-          f"runs less than about {(high - low) / 2:.3f} apart are a tie.")
+    accuracy = np.mean(predicted == labels)
+    print(f"Test accuracy {accuracy:.4f} on {len(labels)} images, loss {loss:.4f}.")
     confusion = tf.math.confusion_matrix(labels, predicted, num_classes=len(classes)).numpy()
     per_class = {}
     for label, name in enumerate(classes):
         per_class[name] = float(confusion[label, label] / max(1, confusion[label].sum()))
         print(f"{name:>10}: {per_class[name]:.3f} of {confusion[label].sum()} right")
     print(f"Confusion matrix (rows: true class, columns: predicted):\n{confusion}")
-    write_predictions(test, probabilities, classes, os.path.join(run_dir, "predictions.csv"))
-    results.update(test_accuracy=float(accuracy), test_accuracy_95=[low, high], test_loss=loss,
-                   per_class_accuracy=per_class, confusion_matrix=confusion.tolist())
+    results.update(test_accuracy=float(accuracy), test_loss=loss, per_class_accuracy=per_class,
+                   confusion_matrix=confusion.tolist())
     return dict(probabilities=probabilities, confusion=confusion)
 
-
 # 6. Plots -------------------------------------------------------------------------------------
-def plot_results(model, histories, test, split, classes, image_size, run_dir):
+def plot_results(histories, test, split, classes, image_size, run_dir):
     """history.png: loss and accuracy per epoch (validation falling behind training: overfitting);
-    confusion_matrix.png; predictions.png: 16 test images, right and wrong, with what it says;
-    where_it_looks.png: 8 of them, red where a grey patch hiding that part lowers its probability"""
+    confusion_matrix.png; predictions.png: 16 test images, right and wrong, with what it says.
+    The drawing itself, plain matplotlib, is in appendix A."""
     plot_history(histories, os.path.join(run_dir, "history.png"))  # histories: a list of phases
     plot_confusion_matrix(test["confusion"], classes, os.path.join(run_dir, "confusion_matrix.png"))
-    picks = pick_examples(split[1], test["probabilities"].argmax(axis=1), 16)
-    x, labels, _ = subset(split, picks)
-    pipeline = make_dataset(x, labels, image_size, batch_size=16)  # the 16, resized, in one batch
-    images = next(iter(pipeline))[0].numpy()
-    probabilities = test["probabilities"][picks]
+    # examples (appendix A): 16 test images, right and wrong ones of every class, resized
+    images, labels, probabilities = examples(split, test["probabilities"], 16, image_size)
     plot_predictions(images, labels, probabilities, classes, f"{run_dir}/predictions.png")
-    plot_where_it_looks(model, images[:8], labels[:8], probabilities[:8], classes,
-                        f"{run_dir}/where_it_looks.png")
-
 
 # 7. Export ------------------------------------------------------------------------------------
 def export_model(model, classes, test, evaluated, image_size, run_dir, results):
@@ -287,8 +285,10 @@ def export_model(model, classes, test, evaluated, image_size, run_dir, results):
         pixels = np.asarray(PIL.Image.open("photo.jpg").convert("RGB"))  # uint8, [H, W, 3]
         probabilities = tf.saved_model.load("RUN/model").serve(pixels[None])[0]"""
     archive = tf.keras.export.ExportArchive()
-    archive.track(model)  # its weights
-    photos = tf.TensorSpec([None, None, None, 3], tf.uint8)  # any number, height, width; RGB 0-255
+    archive.track(model)  # the archive saves the weights of what it tracks
+    # An endpoint is a function the saved model offers; a TensorSpec, the shape and type of what
+    # it takes: here any number of photos of any height and width, RGB values from 0 to 255.
+    photos = tf.TensorSpec([None, None, None, 3], tf.uint8)
     archive.add_endpoint("serve", lambda images: model(scale_and_resize(images, image_size)),
                          [photos])
     tf.keras.utils.disable_interactive_logging()  # else it lists every weight
@@ -296,76 +296,85 @@ def export_model(model, classes, test, evaluated, image_size, run_dir, results):
     tf.keras.utils.enable_interactive_logging()
     with open(os.path.join(run_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(name + "\n" for name in classes))
-    # Reload model/ and check that it gives the trained model's probabilities for 8 test images.
+    # Reload model/ and check that it gives the trained model's probabilities for 8 test images:
+    # check_export, in appendix A, warns if it does not.
     check_export(run_dir, test, evaluated["probabilities"], image_size, results)
 
+# ==============================================================================================
+# The lesson ends here. Extra lessons follow, each a step of its own; run_lesson() calls them last.
+# ==============================================================================================
+def run_extra_lessons(model, base, splits, datasets, history, test, classes, args, run_dir,
+                      results):
+    """Lesson 8 runs if asked for (--fine-tune-epochs, --augment), 9 and 11 always, 10 with
+    --tflite (its other half, --predict, classifies photos with a saved run)."""
+    if args.fine_tune_epochs or args.augment:
+        model, test = train_on_images(model, base, splits, datasets, history, classes, args,
+                                      run_dir, results)
+    read_the_results(model, test, splits["test"], classes, args.image_size, run_dir, results)
+    if args.tflite:
+        export_tflite(model, splits["test"], test, args.image_size, run_dir, results)
+    print_what_to_try_next(results)
 
-# The lesson's helpers, in the order it calls them ------------------------------------------
-import argparse  # noqa: E402  (the lesson needs only the imports at the top; these, the rest)
-import csv  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import types  # noqa: E402
 
-def device():
-    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU
+# 8. Training on the images themselves: fine-tuning and augmentation ---------------------------
+def train_on_images(model, base, splits, datasets, history, classes, args, run_dir, results):
+    """Fine-tuning and augmentation change an image's features from epoch to epoch, so the whole
+    model trains on the images, running the base every epoch: far slower than the head alone.
 
-def download_cifar10():
-    try:
-        return tf.keras.datasets.cifar10.load_data()
-    except Exception as e:
-        fail(f"could not download CIFAR-10 ({type(e).__name__}); offline, use your own images: "
-             "--data-dir DIR")
+    Fine-tuning unfreezes the base and nudges all its weights towards our classes. Each step,
+    Keras computes the gradients, how much the loss would change as each weight changes, and the
+    optimizer moves every weight a little against its gradient. The learning rate is far below
+    the head's, so that noisy gradients from a few thousand images cannot overwrite what ImageNet
+    taught the base. The rate warms up (Adam's first steps move every weight by the full
+    rate, which knocked the model below the frozen one) and decays to zero. The base's BatchNorm
+    layers scale each layer's outputs by averages learned on ImageNet; build_model calls the base
+    with training=False, which keeps those averages even now: updated from a few thousand images,
+    they would wreck the features. If the head alone did better on validation, it stays."""
+    step("8. Fine-tuning" if args.fine_tune_epochs else "8. Training on augmented images")
+    head_weights, head_test_accuracy = model.get_weights(), results["test_accuracy"]
+    images = make_dataset(*splits["train"][:2], args.image_size, args.batch_size, args.seed)
+    if args.augment:  # new variants of every photo in every epoch: flipped, turned, zoomed
+        augment = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
+                                       tf.keras.layers.RandomRotation(0.05),
+                                       tf.keras.layers.RandomZoom(0.1)])
+        images = images.map(lambda x, y: (augment(x, training=True), y))
+    learning_rate, epochs = args.learning_rate, args.epochs  # augmentation alone: the base frozen
+    if args.fine_tune_epochs:
+        base.trainable = True  # compile(), below, takes note of what is trainable
+        epochs, steps = args.fine_tune_epochs, args.fine_tune_epochs * len(images)  # len: batches
+        learning_rate = tf.keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0, warmup_target=args.fine_tune_learning_rate,
+            warmup_steps=steps // 10, decay_steps=steps - steps // 10)  # up, then down to 0
+    compile_for_training(model, learning_rate)
+    more = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
+    if min(more["val_loss"]) >= min(history["val_loss"]):
+        print("The head alone did better on the validation images: its weights come back.")
+        model.set_weights(head_weights)
+    step("8. Evaluation, plots and export again")
+    test = evaluate(model, datasets["test"], splits["test"], classes, results)
+    print(f"Test accuracy: {head_test_accuracy:.4f} with the head alone, "
+          f"{results['test_accuracy']:.4f} after training on the images.")
+    results["test_accuracy_head_alone"] = head_test_accuracy
+    plot_results([history, more], test, splits["test"], classes, args.image_size, run_dir)
+    export_model(model, classes, splits["test"], test, args.image_size, run_dir, results)
+    return model, test
 
-def check_classes_can_be_split(splits, classes, args):
-    """Each class needs a training image, and one for each split carved out of the training ones."""
-    carved = [name for name in ("validation", "test") if name not in splits]
-    for label, name in enumerate(classes):
-        count = int(np.sum(splits["train"][1] == label))
-        if count <= len(carved):
-            fail(f"class {name} has {count} image(s) in {args.data_dir}; it needs at least "
-                 f"{len(carved) + 1}, one for training and one for each split carved out of it")
-    if args.max_images is not None and args.max_images < len(classes):
-        fail(f"--max-images {args.max_images} is fewer than the {len(classes)} classes; give at "
-             f"least {len(classes)}, so that every class keeps an image")
 
-def subset(split, indices):
-    return split[0][indices], split[1][indices], split[2][indices]  # x, y and names
-
-def stored_image(x, image_size):
-    return read_photo(x, image_size) if isinstance(x, str) else x  # CIFAR's pixels, or a photo
-
-def load_module(handle, image_size):
-    """hub.load(handle), or one line saying why the module cannot be used."""
-    try:
-        module = hub.load(handle)
-    except Exception as e:
-        fail(why_the_module_cannot_load(handle, type(e).__name__))
-    try:
-        features = module(tf.zeros([1, image_size, image_size, 3])).numpy()
-    except Exception:
-        fail(f"the module {handle} does not take {image_size}x{image_size} images; set "
-             "--image-size to its own")
-    if features.ndim != 2 or features.shape[1] in (1000, 1001) or np.allclose(features.sum(1), 1):
-        fail(f"the module {handle} returns {features.shape}: a feature map or class scores, not a "
-             f"feature vector; use a feature-vector module such as {DEFAULT_HANDLE}")
-    return module
-
-def why_the_module_cannot_load(handle, error):
-    if "://" not in handle:
-        return (f"cannot load --model-handle {handle} ({error}); give a folder holding a TF2 "
-                "SavedModel (saved_model.pb)")
-    cached = os.path.join(hub.resolver.tfhub_cache_dir(use_temp=True),
-                          hashlib.sha1(handle.encode("utf8")).hexdigest())
-    if os.path.isdir(cached):  # TF Hub never downloads a handle again while its folder exists
-        return (f"TF Hub's copy of {handle} in {cached} cannot be loaded ({error}); a download was "
-                "probably cut short: delete that folder and run again")
-    return (f"cannot load --model-handle {handle} ({error}); to run offline use a local path as "
-            "--model-handle, or the module placed in $TFHUB_CACHE_DIR, and --data-dir instead of "
-            "the CIFAR-10 download")
+# 9. Reading the results: how sure, which mistakes, where it looks -----------------------------
+def read_the_results(model, test, split, classes, image_size, run_dir, results):
+    """A test accuracy is a measurement on a few images: how far might it be off? Which images
+    does the model get wrong, and how sure was it? And where in an image does it look?"""
+    step("9. Reading the results")
+    labels, predicted = split[1], test["probabilities"].argmax(axis=1)
+    low, high = accuracy_interval(predicted, labels)
+    print(f"On other test images the accuracy would likely be between {low:.3f} and {high:.3f} "
+          f"(a 95% interval), so two runs less than about {(high - low) / 2:.3f} apart are a tie.")
+    results["test_accuracy_95"] = [low, high]
+    write_predictions(split, test["probabilities"], classes,
+                      os.path.join(run_dir, "predictions.csv"))
+    images, labels, probabilities = examples(split, test["probabilities"], 8, image_size)
+    plot_where_it_looks(model, images, labels, probabilities, classes,
+                        os.path.join(run_dir, "where_it_looks.png"))
 
 def accuracy_interval(predicted, labels, z=1.96):
     """Wilson's 95% interval around an accuracy measured on a few images."""
@@ -388,62 +397,6 @@ def write_predictions(test, probabilities, classes, path):
     worst = [f"{names[i]} ({classes[labels[i]]}, taken for {classes[predicted[i]]} "
              f"{confidence[i]:.0%})" for i in order[:3] if predicted[i] != labels[i]]
     print("Most confident mistakes (all in predictions.csv): " + ("; ".join(worst) or "none"))
-
-def plot_history(histories, path):
-    """Loss and accuracy per epoch: validation falling behind training as the epochs go on is
-    overfitting. A star marks the epoch kept; training on images (section 8) starts from there."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    start = 0
-    for phase, history in zip(["head", "images"], histories):
-        epochs = start + np.arange(1, len(history["loss"]) + 1)
-        kept = np.argmin(history["val_loss"])
-        for ax, metric in zip(axes, ["loss", "accuracy"]):
-            ax.plot(epochs, history[metric], "o-", label=f"{phase}: training")
-            ax.plot(epochs, history["val_" + metric], "o-", label=f"{phase}: validation")
-            ax.plot(epochs[kept], history["val_" + metric][kept], "k*", markersize=14)
-            ax.set(title=metric.capitalize(), xlabel="epoch (star: the one kept)")
-            ax.legend()
-        start = epochs[kept]
-    fig.savefig(path)
-
-def plot_confusion_matrix(confusion, classes, path):
-    size = 2 + 0.5 * len(classes) + 0.07 * max(map(len, classes))  # room for long class names
-    fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
-    ax.imshow(confusion, cmap="Blues", vmin=0)
-    for (row, col), count in np.ndenumerate(confusion):
-        ax.text(col, row, count, ha="center", va="center",
-                color="white" if count > confusion.max() / 2 else "black")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
-           yticklabels=classes, xlabel="predicted", ylabel="true", title="Test confusion matrix")
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
-    fig.savefig(path)
-
-def pick_examples(labels, predicted, count):
-    """Up to count test images to show: wrong and right ones of every class, taken in turn."""
-    groups = []
-    for right in (False, True):
-        for label in np.unique(labels):
-            of_class = (labels == label) & ((predicted == labels) == right)
-            groups.append(list(np.flatnonzero(of_class)))
-    picks = []
-    while len(picks) < count and any(groups):
-        for group in groups:
-            if group and len(picks) < count:
-                picks.append(group.pop(0))
-    return picks
-
-def plot_predictions(images, labels, probabilities, classes, path=None):
-    """Test images, each titled with the predicted class and its probability: green if right."""
-    rows = int(np.ceil(len(images) / 4))
-    fig, axes = plt.subplots(rows, 4, figsize=(11, 3 * rows), squeeze=False, layout="constrained",
-                             subplot_kw=dict(xticks=[], yticks=[]))
-    for ax, image, label, p in zip(axes.flat, images, labels, probabilities):
-        ax.imshow(image)
-        ax.set_title(f"{classes[p.argmax()]} {p.max():.0%} (true: {classes[label]})", fontsize=9,
-                     color="green" if p.argmax() == label else "red")
-    if path:
-        fig.savefig(path)
-    return fig, axes
 
 def plot_where_it_looks(model, images, labels, probabilities, classes, path):
     """Each image's occlusion map over it, all on one colour scale, with a colour bar."""
@@ -477,93 +430,8 @@ def occlusion_maps(model, images, grid=4):
                 maps[i, row, col] = before[i, predicted] - after[i, predicted]
     return maps
 
-def check_export(run_dir, test, probabilities, image_size, results):
-    """Reload model/ and classify the first test images with it, as stored, as --predict does."""
-    reloaded, largest, same = tf.saved_model.load(os.path.join(run_dir, "model")), 0.0, 0
-    count = min(8, len(test[1]))
-    for i in range(count):  # one by one: photos come in all sizes
-        again = reloaded.serve(stored_image(test[0][i], image_size)[None]).numpy()[0]
-        largest = max(largest, float(np.abs(again - probabilities[i]).max()))
-        same += int(again.argmax() == probabilities[i].argmax())
-    tolerance = 1e-2 if device() == "GPU" else 1e-3  # float rounding; TF32 on a GPU
-    passed = same == count and largest <= tolerance
-    results["export_check"] = dict(images=count, same_class=same / count, passed=passed,
-                                   largest_difference=largest, tolerance=tolerance)
-    print(f"Reloaded model/: the same class for {same} of {count} test images, probabilities "
-          f"within {largest:.1e}.")
-    if not passed:
-        print(f"warning: the exported model differs from the trained one by more than {tolerance}"
-              " (see export_check in metrics.json); the run is kept", file=sys.stderr)
 
-def print_what_to_try_next(results):
-    print(f"""
-What to try next:
-  python transfer_learning.py --dropout 0.5 --epochs 20
-      Only the head changes, so the features come from disk: a run takes seconds.
-  python transfer_learning.py --data-dir DIR    (DIR/cat/*.jpg, DIR/dog/*.jpg: any classes)
-      Your own photos: a few hundred real photos per class often reach 0.95 or more.
-  python transfer_learning.py --fine-tune-epochs 2 --augment
-      Adapts MobileNetV2 itself to your classes: for CIFAR 0.88 instead of 0.79, but the network
-      runs on every training image in every epoch (about 5 minutes an epoch on a laptop CPU).
-  python transfer_learning.py --predict photo.jpg --model-dir {results["output_dir"]}
-      Classifies new photos with this run's model.""")
-
-
-# 8. Extra lesson: training on the images themselves (--fine-tune-epochs, --augment) -----------
-def train_on_images(model, base, splits, datasets, history, classes, args, run_dir, results):
-    """Fine-tuning and augmentation change an image's features from epoch to epoch, so the whole
-    model trains on the images, running the base every epoch: far slower than the head alone.
-
-    Fine-tuning unfreezes the base and nudges all its weights towards our classes, at a learning
-    rate far below the head's, so that noisy gradients from a few thousand images cannot overwrite
-    what ImageNet taught it. The rate warms up (Adam's first steps move every weight by the full
-    rate, which knocked the model below the frozen one) and decays to zero. The base's BatchNorm
-    layers scale each layer's outputs by averages learned on ImageNet; build_model calls the base
-    with training=False, which keeps those averages even now: updated from a few thousand images,
-    they would wreck the features. If the head alone did better on validation, it stays."""
-    step("8. Fine-tuning" if args.fine_tune_epochs else "8. Training on augmented images")
-    head_weights, head_test_accuracy = model.get_weights(), results["test_accuracy"]
-    images = make_dataset(*splits["train"][:2], args.image_size, args.batch_size, args.seed)
-    if args.augment:  # new variants of every photo in every epoch: flipped, turned, zoomed
-        augment = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
-                                       tf.keras.layers.RandomRotation(0.05),
-                                       tf.keras.layers.RandomZoom(0.1)])
-        images = images.map(lambda x, y: (augment(x, training=True), y))
-    learning_rate, epochs = args.learning_rate, args.epochs  # augmentation alone: the base frozen
-    if args.fine_tune_epochs:
-        base.trainable = True  # compile(), below, takes note of what is trainable
-        epochs, steps = args.fine_tune_epochs, args.fine_tune_epochs * len(images)  # len: batches
-        learning_rate = tf.keras.optimizers.schedules.CosineDecay(
-            0.0, steps - steps // 10, warmup_target=args.fine_tune_learning_rate,
-            warmup_steps=steps // 10)
-    compile_for_training(model, learning_rate)
-    more = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
-    if min(more["val_loss"]) >= min(history["val_loss"]):
-        print("The head alone did better on the validation images: its weights come back.")
-        model.set_weights(head_weights)
-    step("8. Evaluation, plots and export again")
-    test = evaluate(model, datasets["test"], splits["test"], classes, run_dir, results)
-    print(f"Test accuracy: {head_test_accuracy:.4f} with the head alone, "
-          f"{results['test_accuracy']:.4f} after training on the images.")
-    results["test_accuracy_head_alone"] = head_test_accuracy
-    plot_results(model, [history, more], test, splits["test"], classes, args.image_size, run_dir)
-    export_model(model, classes, splits["test"], test, args.image_size, run_dir, results)
-
-def export_tflite(model, test, evaluated, image_size, run_dir, results):
-    """model.tflite, for phones: float32 images [1, image_size, image_size, 3] in [0, 1] in,
-    probabilities out. Checked with LiteRT against the trained model on a few test images."""
-    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    with open(os.path.join(run_dir, "model.tflite"), "wb") as f:
-        f.write(tflite)
-    run = (LiteRT or tf.lite.Interpreter)(model_content=tflite).get_signature_runner()
-    same = []
-    for x, p in zip(test[0][:8], evaluated["probabilities"]):
-        image = scale_and_resize(stored_image(x, image_size), image_size)[None]
-        same.append(run(images=image)["classifier"].argmax() == p.argmax())
-    print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, the same class as the trained model for "
-          f"{sum(same)} of {len(same)} test images.")
-    results["tflite_agreement"] = float(np.mean(same))
-
+# 10. The model at work: new photos, and a model for phones ------------------------------------
 def predict_photos(paths, run_dir):
     """Classify photos, or the photos in folders, with a run's model/: one line each."""
     model, classes, image_size = load_exported_run(run_dir)
@@ -586,8 +454,214 @@ def predict_photos(paths, run_dir):
         print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in best))
     return status
 
+def export_tflite(model, test, evaluated, image_size, run_dir, results):
+    """model.tflite, for phones: float32 images [1, image_size, image_size, 3] in [0, 1] in,
+    probabilities out. Checked with LiteRT against the trained model on a few test images."""
+    step("10. A model for phones")
+    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with open(os.path.join(run_dir, "model.tflite"), "wb") as f:
+        f.write(tflite)
+    run = (LiteRT or tf.lite.Interpreter)(model_content=tflite).get_signature_runner()
+    same = []
+    for x, p in zip(test[0][:8], evaluated["probabilities"]):
+        image = scale_and_resize(stored_image(x, image_size), image_size)[None]
+        same.append(run(images=image)["classifier"].argmax() == p.argmax())
+    print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, the same class as the trained model for "
+          f"{sum(same)} of {len(same)} test images.")
+    results["tflite_agreement"] = float(np.mean(same))
 
-# Speed-ups: LiteRT for the feature pass on a CPU ----------------------------------------------
+
+# 11. What to try next -------------------------------------------------------------------------
+def print_what_to_try_next(results):
+    print(f"""
+What to try next:
+  python transfer_learning.py --dropout 0.5 --epochs 20
+      Only the head changes, so the features come from disk: a run takes seconds.
+  python transfer_learning.py --data-dir DIR    (DIR/cat/*.jpg, DIR/dog/*.jpg: any classes)
+      Your own photos: a few hundred real photos per class often reach 0.95 or more.
+  python transfer_learning.py --fine-tune-epochs 2 --augment
+      Adapts MobileNetV2 itself to your classes: for CIFAR 0.88 instead of 0.79, but the network
+      runs on every training image in every epoch (about 5 minutes an epoch on a laptop CPU).
+  python transfer_learning.py --predict photo.jpg --model-dir {results["output_dir"]}
+      Classifies new photos with this run's model.""")
+
+
+# ==============================================================================================
+# THE TUTORIAL ENDS HERE. Everything below is the appendix: machinery that makes the script a
+# robust tool (checks, plots' layout, speed-ups, folders of your own photos, the command line).
+# Nobody needs to read it to learn transfer learning; each piece is named where the lesson calls
+# it. A. The lesson's helpers. B. Speed-ups. C. Your own photos. D. The command line and main().
+# ==============================================================================================
+
+import argparse
+import hashlib
+import json
+import platform
+import shutil
+import signal
+import time
+import types
+
+
+# A. The lesson's helpers: the device, checks with clear errors, plots, progress ----------------
+def device():
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU
+
+def subset(split, indices):
+    return split[0][indices], split[1][indices], split[2][indices]  # x, y and names
+
+def stored_image(x, image_size):
+    return read_photo(x, image_size) if isinstance(x, str) else x  # CIFAR's pixels, or a photo
+
+STEPS = []  # (name, start time) of each step of the lesson, for metrics.json
+
+def step(name):
+    """Announce the next step of the lesson, and note when it starts."""
+    print(f"\n== {name} ==")
+    STEPS.append((name, time.perf_counter()))
+
+def download_cifar10():
+    try:
+        return tf.keras.datasets.cifar10.load_data()
+    except Exception as e:
+        fail(f"could not download CIFAR-10 ({type(e).__name__}); offline, use your own images: "
+             "--data-dir DIR")
+
+def check_classes_can_be_split(splits, classes, args):
+    """Each class needs a training image, and one for each split carved out of the training ones."""
+    carved = [name for name in ("validation", "test") if name not in splits]
+    for label, name in enumerate(classes):
+        count = int(np.sum(splits["train"][1] == label))
+        if count <= len(carved):
+            fail(f"class {name} has {count} image(s) in {args.data_dir}; it needs at least "
+                 f"{len(carved) + 1}, one for training and one for each split carved out of it")
+    if args.max_images is not None and args.max_images < len(classes):
+        fail(f"--max-images {args.max_images} is fewer than the {len(classes)} classes; give at "
+             f"least {len(classes)}, so that every class keeps an image")
+
+def load_module(handle, image_size):
+    """hub.load(handle), or one line saying why the module cannot be used."""
+    try:
+        module = hub.load(handle)
+    except Exception as e:
+        fail(why_the_module_cannot_load(handle, type(e).__name__))
+    try:
+        features = module(tf.zeros([1, image_size, image_size, 3])).numpy()
+    except Exception:
+        fail(f"the module {handle} does not take {image_size}x{image_size} images; set "
+             "--image-size to its own")
+    if features.ndim != 2 or features.shape[1] in (1000, 1001) or np.allclose(features.sum(1), 1):
+        fail(f"the module {handle} returns {features.shape}: a feature map or class scores, not a "
+             f"feature vector; use a feature-vector module such as {DEFAULT_HANDLE}")
+    return module
+
+def why_the_module_cannot_load(handle, error):
+    if "://" not in handle:
+        return (f"cannot load --model-handle {handle} ({error}); give a folder holding a TF2 "
+                "SavedModel (saved_model.pb)")
+    cached = os.path.join(hub.resolver.tfhub_cache_dir(use_temp=True),
+                          hashlib.sha1(handle.encode("utf8")).hexdigest())
+    if os.path.isdir(cached):  # TF Hub never downloads a handle again while its folder exists
+        return (f"TF Hub's copy of {handle} in {cached} cannot be loaded ({error}); a download was "
+                "probably cut short: delete that folder and run again")
+    return (f"cannot load --model-handle {handle} ({error}); to run offline use a local path as "
+            "--model-handle, or the module placed in $TFHUB_CACHE_DIR, and --data-dir instead of "
+            "the CIFAR-10 download")
+
+def plot_history(histories, path):
+    """Loss and accuracy per epoch: validation falling behind training as the epochs go on is
+    overfitting. A star marks the epoch kept; training on images (section 8) starts from there."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    start = 0
+    for phase, history in zip(["head", "images"], histories):
+        epochs = start + np.arange(1, len(history["loss"]) + 1)
+        kept = np.argmin(history["val_loss"])
+        for ax, metric in zip(axes, ["loss", "accuracy"]):
+            ax.plot(epochs, history[metric], "o-", label=f"{phase}: training")
+            ax.plot(epochs, history["val_" + metric], "o-", label=f"{phase}: validation")
+            ax.plot(epochs[kept], history["val_" + metric][kept], "k*", markersize=14)
+            ax.set(title=metric.capitalize(), xlabel="epoch (star: the one kept)")
+            ax.legend()
+        start = epochs[kept]
+    fig.savefig(path)
+
+def plot_confusion_matrix(confusion, classes, path):
+    size = 2 + 0.5 * len(classes) + 0.07 * max(map(len, classes))  # room for long class names
+    fig, ax = plt.subplots(figsize=(size, size), layout="constrained")
+    ax.imshow(confusion, cmap="Blues", vmin=0)
+    for (row, col), count in np.ndenumerate(confusion):
+        ax.text(col, row, count, ha="center", va="center",
+                color="white" if count > confusion.max() / 2 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
+           yticklabels=classes, xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    fig.savefig(path)
+
+def examples(split, probabilities, count, image_size):
+    """Up to count test images, resized as the network gets them, their labels and probabilities."""
+    picks = pick_examples(split[1], probabilities.argmax(axis=1), count)
+    x, labels, _ = subset(split, picks)
+    images = next(iter(make_dataset(x, labels, image_size, batch_size=count)))[0].numpy()
+    return images, labels, probabilities[picks]
+
+def pick_examples(labels, predicted, count):
+    """Up to count test images to show: wrong and right ones of every class, taken in turn."""
+    groups = []
+    for right in (False, True):
+        for label in np.unique(labels):
+            of_class = (labels == label) & ((predicted == labels) == right)
+            groups.append(list(np.flatnonzero(of_class)))
+    picks = []
+    while len(picks) < count and any(groups):
+        for group in groups:
+            if group and len(picks) < count:
+                picks.append(group.pop(0))
+    return picks
+
+def plot_predictions(images, labels, probabilities, classes, path=None):
+    """Test images, each titled with the predicted class and its probability: green if right."""
+    rows = int(np.ceil(len(images) / 4))
+    fig, axes = plt.subplots(rows, 4, figsize=(11, 3 * rows), squeeze=False, layout="constrained",
+                             subplot_kw=dict(xticks=[], yticks=[]))
+    for ax, image, label, p in zip(axes.flat, images, labels, probabilities):
+        ax.imshow(image)
+        ax.set_title(f"{classes[p.argmax()]} {p.max():.0%} (true: {classes[label]})", fontsize=9,
+                     color="green" if p.argmax() == label else "red")
+    if path:
+        fig.savefig(path)
+    return fig, axes
+
+def check_export(run_dir, test, probabilities, image_size, results):
+    """Reload model/ and classify the first test images with it, as stored, as --predict does."""
+    reloaded, largest, same = tf.saved_model.load(os.path.join(run_dir, "model")), 0.0, 0
+    count = min(8, len(test[1]))
+    for i in range(count):  # one by one: photos come in all sizes
+        again = reloaded.serve(stored_image(test[0][i], image_size)[None]).numpy()[0]
+        largest = max(largest, float(np.abs(again - probabilities[i]).max()))
+        same += int(again.argmax() == probabilities[i].argmax())
+    tolerance = 1e-2 if device() == "GPU" else 1e-3  # float rounding; TF32 on a GPU
+    passed = same == count and largest <= tolerance
+    results["export_check"] = dict(images=count, same_class=same / count, passed=passed,
+                                   largest_difference=largest, tolerance=tolerance)
+    print(f"Reloaded model/: the same class for {same} of {count} test images, probabilities "
+          f"within {largest:.1e}.")
+    if not passed:
+        print(f"warning: the exported model differs from the trained one by more than {tolerance}"
+              " (see export_check in metrics.json); the run is kept", file=sys.stderr)
+
+def show_progress(name, count):
+    """A Keras callback that prints, on one line, how many images are done and how fast."""
+    start = time.perf_counter()
+    def report(batch, logs):
+        done = min((batch + 1) * BATCH, count)
+        print(f"\r{name:>10}: {done}/{count} images, "
+              f"{done / (time.perf_counter() - start):.0f} images/s", end="", flush=True)
+        if done == count:
+            print()
+    return tf.keras.callbacks.LambdaCallback(on_predict_batch_end=report)
+
+
+# B. Speed-ups: LiteRT for the feature pass on a CPU --------------------------------------------
 # MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is its native runtime:
 # on a CPU it runs the same network twice as fast as Keras, with the same features to float
 # rounding (2e-5). Converting takes a few seconds, so auto uses it from LITERT_MIN_IMAGES on.
@@ -598,19 +672,6 @@ try:  # LiteRT has no wheels for some platforms
 except ImportError:
     LiteRT = None
 LITERT_MIN_IMAGES = 1000
-
-def with_speed_ups(compute_features, extractor, datasets, splits, args, results):
-    """compute_features(extractor, datasets, splits), or the same numbers faster: read back from
-    disk if an earlier run computed them for the same images, module and image size; else, on a
-    CPU, computed by the extractor converted for LiteRT. What it computes it keeps on disk."""
-    features = read_kept_features(splits, args, results)
-    if features is None:
-        if use_litert(args, splits, results):
-            extractor = litert_extractor(extractor)
-        features = compute_features(extractor, datasets, splits)
-        keep_features(features, results)
-    return features
-
 def use_litert(args, splits, results):
     """--features-with, where auto is litert on a CPU with enough images to repay converting."""
     runtime, count = args.features_with, sum(len(y) for _, y, _ in splits.values())
@@ -645,19 +706,8 @@ def litert_extractor(extractor):
         return np.concatenate(features)
     return types.SimpleNamespace(predict=predict)
 
-def show_progress(name, count):
-    """A Keras callback that prints, on one line, how many images are done and how fast."""
-    start = time.perf_counter()
-    def report(batch, logs):
-        done = min((batch + 1) * BATCH, count)
-        print(f"\r{name:>10}: {done}/{count} images, "
-              f"{done / (time.perf_counter() - start):.0f} images/s", end="", flush=True)
-        if done == count:
-            print()
-    return tf.keras.callbacks.LambdaCallback(on_predict_batch_end=report)
 
-
-# Speed-ups: features kept on disk ------------------------------------------------------------
+# B. Speed-ups: features kept on disk ----------------------------------------------------------
 # The features are saved in a file named by a hash of all that shapes them: the module, the image
 # size and the images (CIFAR's pixels; each photo's path, size and time of last change). Change
 # any of those and the name changes, so they are computed afresh; change only the head's settings
@@ -717,7 +767,7 @@ def keep_features(features, results):
               "computes them again", file=sys.stderr)
 
 
-# Your own photos: class folders, a labels file, unreadable files, copies -----------------------
+# C. Your own photos: class folders, a labels file, unreadable files, copies -------------------
 # Not tf.keras.utils.image_dataset_from_directory: it stops at the first broken file, shows phone
 # photos sideways, decodes a 12-megapixel JPEG in full, and splits only two ways, unstratified.
 SPLIT_FOLDERS = {"train": ["train"], "validation": ["validation", "val", "valid"], "test": ["test"]}
@@ -865,7 +915,7 @@ def warn_about_copies_across_splits(splits, results):
     results["copies_across_splits"] = copies
 
 
-# The command line, checks, the output folder and errors ----------------------------------------
+# D. The command line, checks, the output folder, errors and main() -----------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train an image classifier on a frozen TF Hub "
                                 "MobileNetV2, then evaluate, plot and export it.",
@@ -961,14 +1011,6 @@ def prepare_output_dir(output_dir):
         fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose a folder you can "
              "write to")
     return output_dir, work_dir
-
-STEPS = []  # (name, start time) of each step of the lesson, for metrics.json
-
-def step(name):
-    """Announce the next step of the lesson, and note when it starts."""
-    print(f"\n== {name} ==")
-    STEPS.append((name, time.perf_counter()))
-
 def save_metrics(work_dir, args, results):
     """metrics.json: the results, every setting and version that shaped them, seconds per step."""
     seconds = {}

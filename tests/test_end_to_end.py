@@ -11,7 +11,7 @@ from conftest import fake_cifar10, run_main, run_script, tl
 FILES = ["data.png", "history.png", "predictions.png", "confusion_matrix.png", "where_it_looks.png",
          "predictions.csv", "labels.txt", "metrics.json", "model/saved_model.pb"]
 STEPS = ["1. Data", "2. Model", "3. Bottleneck features", "4. Training the head", "5. Evaluation",
-         "6. Plots", "7. Export"]
+         "6. Plots", "7. Export", "9. Reading the results"]
 
 
 @pytest.fixture(scope="module")

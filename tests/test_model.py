@@ -61,7 +61,9 @@ def test_features_are_the_frozen_base_output_one_row_per_image(module32):
     datasets = {name: tl.make_dataset(x, y, 32) for name, (x, y, _) in splits.items()}
     args = tl.parse_args(["--features-with", "keras", "--no-cache", *FAST])
     results = {}
-    features = tl.with_speed_ups(tl.compute_features, extractor, datasets, splits, args, results)
+    assert tl.read_kept_features(splits, args, results) is None  # --no-cache: computed afresh
+    assert not tl.use_litert(args, splits, results)
+    features = tl.compute_features(extractor, datasets, splits)
     for name, (x, _, _) in splits.items():
         assert features[name].shape == (len(x), extractor.output_shape[1])
         expected = extractor.predict(x.astype(np.float32) / 255, verbose=0)
@@ -132,7 +134,7 @@ def test_test_loss_is_the_cross_entropy_of_the_true_class(tmp_path):
     model = tf.keras.Sequential([tf.keras.layers.Lambda(lambda x: x)])
     results = {}
     tl.evaluate(model, probabilities, (np.zeros(4), labels, np.array(list("abcd"))), ["x", "y"],
-                str(tmp_path), results)
+                results)
     expected = -np.mean(np.log([0.9, 0.8, 0.4, 0.3]))
     assert results["test_loss"] == pytest.approx(expected, rel=1e-5)
     assert results["test_accuracy"] == 0.5 and results["per_class_accuracy"] == {"x": 0.5, "y": 0.5}
