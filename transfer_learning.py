@@ -14,12 +14,11 @@ How to read it: the lesson, steps 1 to 7, fills the first 300 lines; extra lesso
 follow. Then a banner says the tutorial ends: below it is the appendix, machinery that makes the
 script a robust tool, which nobody needs to read to learn transfer learning.
 """
-import csv
-import os
-import sys
+import argparse, hashlib, json, platform, shutil, signal, time, types  # for the appendix
+import csv, os, sys, tempfile  # for the lesson
 
-# TF Hub's layers need Keras 2 (the tf-keras package), which TensorFlow picks as it loads. The
-# other two lines are set-up, safe to skip: fewer start-up messages; memory reused between batches.
+# TF Hub's layers need Keras 2 (tf-keras), picked as TensorFlow loads. The other two lines are
+# set-up, safe to skip: fewer start-up messages; memory reused between batches.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
@@ -43,10 +42,10 @@ BATCH = 32  # images per batch when the network predicts (training batches: --ba
 def run_lesson(args, run_dir, results):
     """The lesson, step by step: its table of contents. main(), at the end of the file, read the
     options (args; by default 10 epochs, batches of 64, learning rate 0.001, dropout 0.2), seeded
-    the random numbers and made run_dir; results collects what it writes to metrics.json. step()
-    prints a step's title: like every helper from the appendix, it is named where it is used."""
+    the random numbers and made run_dir; results collects what it writes to metrics.json. A few
+    helpers live in the appendix; where the lesson calls one, a comment says so, as for step()."""
     print(f"Running on the {device()}.")  # device() (appendix A): GPU if TensorFlow finds one
-    step("1. Data")
+    step("1. Data")  # step() prints the step's title and notes the time (appendix A)
     splits, classes = load_data(args, results)
     datasets = {}  # tf.data pipelines that read and resize each split's images as needed
     for name, (x, y, _) in splits.items():
@@ -54,17 +53,10 @@ def run_lesson(args, run_dir, results):
     show_data(splits["train"], classes, args.image_size, os.path.join(run_dir, "data.png"))
     step("2. Model")
     module = load_module(args.model_handle, args.image_size)  # hub.load, and checks (appendix)
+    # The frozen base, and three models that share its layers: step 2 shows how.
     model, base, extractor, head = build_model(module, args.image_size, len(classes), args.dropout)
-    step("3. Bottleneck features")
-    # Two speed-ups from appendix B: features an earlier run computed for the same images are read
-    # back from disk; on a CPU, LiteRT, TensorFlow's runtime for phones, runs the same network
-    # about twice as fast, with the same numbers.
-    features = read_kept_features(splits, args, results)
-    if features is None:
-        if use_litert(args, splits, results):
-            extractor = litert_extractor(extractor)  # an object whose predict() runs LiteRT
-        features = compute_features(extractor, datasets, splits)
-        keep_features(features, results)
+    step("3. Bottleneck features")  # the 1280 numbers the frozen base boils each image down to
+    features = compute_features(extractor, datasets, splits, args, results)
     step("4. Training the head")
     history = train_head(head, features, splits, classes, args, results)
     step("5. Evaluation")
@@ -73,7 +65,6 @@ def run_lesson(args, run_dir, results):
     plot_results([history], test, splits["test"], classes, args.image_size, run_dir)
     step("7. Export")
     export_model(model, classes, splits["test"], test, args.image_size, run_dir, results)
-    # Lessons 8 to 11, after this one: they start right after step 7.
     run_extra_lessons(model, base, splits, datasets, history, test, classes, args, run_dir, results)
 
 # 1. Data --------------------------------------------------------------------------------------
@@ -116,7 +107,8 @@ def load_cifar10_cats_and_dogs():
 
 def carve(split, fraction, seed):
     """(rest, carved): the same fraction of every class carved out at random, at least one image
-    of each. "Stratified": every class keeps its share, however small. The same seed, the same."""
+    of each. "Stratified": every class keeps its share, however small. The same seed always
+    carves out the same images."""
     labels, rng, carved = split[1], np.random.default_rng(seed), []
     for label in np.unique(labels):
         of_class = rng.permutation(np.flatnonzero(labels == label))  # this class's, shuffled
@@ -169,16 +161,14 @@ def build_model(module, image_size, num_classes, dropout):
     """The frozen base under a new head, as three Keras models. A layer turns its input into an
     output with weights, numbers it can learn; calling a layer on an input, as in drop(features),
     wires it in, and a Keras model runs the wired layers from its Input to its output. The three
-    call the same layer objects, so they share weights: training head trains model too.
+    models call the same layer objects, so they share weights: when head learns, model does too.
     model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export;
     extractor  images -> MobileNetV2 features: what runs once per image (step 3);
     head       features -> Dropout -> Dense: what we train (step 4)."""
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
-    # training=False: even when lesson 8 unfreezes the base, its BatchNorm layers keep ImageNet's
-    # statistics (BatchNorm rescales a layer's outputs by averages learned in training).
-    features = base(images, training=False)
+    features = base(images, training=False)  # always as when predicting: lesson 8 says why
     # Dropout hides random features at each training step, so that the head cannot lean on a few
     # of them: a guard against overfitting, memorising the training images instead of learning.
     drop = tf.keras.layers.Dropout(dropout, name="dropout")
@@ -196,8 +186,16 @@ def build_model(module, image_size, num_classes, dropout):
 # The central idea. The "bottleneck" is the base's last layer: the 1280 numbers it boils an image
 # down to. Frozen, the base gives an image the same numbers every time, so we run it once per image
 # and train the head on the numbers: seconds per epoch instead of minutes.
-def compute_features(extractor, datasets, splits):
-    """{split: features}: each image through the frozen base once, one row of numbers per image."""
+def compute_features(extractor, datasets, splits, args, results):
+    """{split: features}: each image through the frozen base once, one row of numbers per image.
+    Two speed-ups from appendix B, one line each: features an earlier run computed for the same
+    images are read back from disk; on a CPU, LiteRT, TensorFlow's runtime for phones, runs the
+    same network about twice as fast, with the same numbers."""
+    features = read_kept_features(splits, args, results)  # None if no run before computed them
+    if features is not None:
+        return features
+    if use_litert(args, splits, results):
+        extractor = litert_extractor(extractor)  # an object whose predict() runs LiteRT
     features = {}
     for name, images in datasets.items():
         progress = show_progress(name, len(splits[name][1]))  # prints images done (appendix A)
@@ -205,6 +203,7 @@ def compute_features(extractor, datasets, splits):
         print(f"{name:>10}: features of shape {features[name].shape}")
     print(f"Each image is now {features['train'].shape[1]} numbers, each telling how strongly a "
           "pattern MobileNetV2 learned to see (fur, an eye, a wheel...) shows in it.")
+    keep_features(features, results)  # on disk, for the next run
     return features
 
 # 4. Training the head -------------------------------------------------------------------------
@@ -219,13 +218,13 @@ def train_head(head, features, splits, classes, args, results):
     print(f"Validation accuracy before training: {before:.3f} (chance: {1 / len(classes):.3f}).\n"
           "Each epoch: loss and accuracy on the training features, then the same on validation.")
     # Keras prints one line per epoch, e.g. "141/141 - 1s - loss: 0.47 - accuracy: 0.78 - val_loss:
-    # 0.45 - val_accuracy: 0.80" (batches, seconds, then the four numbers); and the epoch it keeps.
+    # 0.45 - val_accuracy: 0.80" (batches, seconds, then the four numbers).
     history = fit_keeping_the_best_epoch(head, training, validation, args.epochs)
     kept = int(np.argmin(history["val_loss"]))
     train_accuracy, val_accuracy = history["accuracy"][kept], history["val_accuracy"][kept]
     print(f"Kept epoch {kept + 1}: training accuracy {train_accuracy:.3f}, validation "
-          f"{val_accuracy:.3f}. Training far above validation would be overfitting. (Dropout "
-          "hides features while training accuracy is measured: it can also sit below.)")
+          f"{val_accuracy:.3f}. Training far above validation would be overfitting. Training can "
+          "also be below: Keras measures it while dropout is hiding features.")
     results.update(accuracy_before_training=before, kept_epoch=kept + 1,
                    train_accuracy=train_accuracy, val_accuracy=val_accuracy)
     return history
@@ -240,12 +239,15 @@ def compile_for_training(model, learning_rate):
 def fit_keeping_the_best_epoch(model, training, validation, epochs):
     """model.fit for all the epochs, then back to the weights of the epoch with the lowest
     validation loss (it rewards sure right answers and, unlike accuracy, rarely ties); never the
-    test images: they must stay unseen. EarlyStopping notes the best epoch's weights as training
-    goes; patience=epochs: it never stops early (and then tf-keras < 2.16 restores nothing)."""
-    best = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
-                                            restore_best_weights=True)
-    history = model.fit(training, validation_data=validation, epochs=epochs, callbacks=[best])
-    model.set_weights(best.best_weights)
+    test images: they must stay unseen. The ModelCheckpoint callback saves the weights after each
+    epoch whose validation loss is the lowest so far; we load the last saved after training."""
+    with tempfile.TemporaryDirectory() as folder:
+        best = os.path.join(folder, "best.weights.h5")
+        save_best = tf.keras.callbacks.ModelCheckpoint(best, monitor="val_loss",
+                                                       save_best_only=True, save_weights_only=True)
+        history = model.fit(training, validation_data=validation, epochs=epochs,
+                            callbacks=[save_best])
+        model.load_weights(best)
     return history.history
 
 # 5. Evaluation --------------------------------------------------------------------------------
@@ -296,12 +298,11 @@ def export_model(model, classes, test, evaluated, image_size, run_dir, results):
     tf.keras.utils.enable_interactive_logging()
     with open(os.path.join(run_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(name + "\n" for name in classes))
-    # Reload model/ and check that it gives the trained model's probabilities for 8 test images:
-    # check_export, in appendix A, warns if it does not.
+    # check_export (appendix A): model/, reloaded, must give 8 test images the same probabilities
     check_export(run_dir, test, evaluated["probabilities"], image_size, results)
 
 # ==============================================================================================
-# The lesson ends here. Extra lessons follow, each a step of its own; run_lesson() calls them last.
+# The lesson, steps 1 to 7, ends here. Extra lessons 8 to 11 follow; then the tutorial ends.
 # ==============================================================================================
 def run_extra_lessons(model, base, splits, datasets, history, test, classes, args, run_dir,
                       results):
@@ -318,21 +319,26 @@ def run_extra_lessons(model, base, splits, datasets, history, test, classes, arg
 
 # 8. Training on the images themselves: fine-tuning and augmentation ---------------------------
 def train_on_images(model, base, splits, datasets, history, classes, args, run_dir, results):
-    """Fine-tuning and augmentation change an image's features from epoch to epoch, so the whole
-    model trains on the images, running the base every epoch: far slower than the head alone.
+    """The other half of transfer learning: the whole model trains on the images themselves.
+    Augmentation shows new variants of each photo every epoch, and fine-tuning changes the base,
+    so an image's features change from epoch to epoch: the base runs on every image in every
+    epoch, far slower than the head alone, which is why this lesson comes after the first.
 
-    Fine-tuning unfreezes the base and nudges all its weights towards our classes. Each step,
-    Keras computes the gradients, how much the loss would change as each weight changes, and the
-    optimizer moves every weight a little against its gradient. The learning rate is far below
-    the head's, so that noisy gradients from a few thousand images cannot overwrite what ImageNet
-    taught the base. The rate warms up (Adam's first steps move every weight by the full
-    rate, which knocked the model below the frozen one) and decays to zero. The base's BatchNorm
-    layers scale each layer's outputs by averages learned on ImageNet; build_model calls the base
-    with training=False, which keeps those averages even now: updated from a few thousand images,
-    they would wreck the features. If the head alone did better on validation, it stays."""
+    Fine-tuning unfreezes the base and nudges all its weights towards our classes. At each batch
+    Keras computes the gradients (how much the loss would change as each weight changes), and
+    the optimizer moves every weight a little against its gradient.
+    - The learning rate is far below the head's, so that noisy gradients from a few thousand
+      images cannot overwrite what ImageNet taught the base.
+    - It starts at zero, warms up, then decays to zero again: at full rate from the first step,
+      Adam moves every weight at once, and the model fell below the frozen one.
+    - The base's BatchNorm layers rescale each layer's outputs by averages learned on ImageNet.
+      build_model calls the base with training=False, which keeps those averages even now:
+      updated from a few thousand images, they would wreck the features.
+    - If the head alone did better on the validation images, its weights come back."""
     step("8. Fine-tuning" if args.fine_tune_epochs else "8. Training on augmented images")
     head_weights, head_test_accuracy = model.get_weights(), results["test_accuracy"]
-    images = make_dataset(*splits["train"][:2], args.image_size, args.batch_size, args.seed)
+    x, y, _ = splits["train"]
+    images = make_dataset(x, y, args.image_size, args.batch_size, shuffle_seed=args.seed)
     if args.augment:  # new variants of every photo in every epoch: flipped, turned, zoomed
         augment = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
                                        tf.keras.layers.RandomRotation(0.05),
@@ -433,7 +439,8 @@ def occlusion_maps(model, images, grid=4):
 
 # 10. The model at work: new photos, and a model for phones ------------------------------------
 def predict_photos(paths, run_dir):
-    """Classify photos, or the photos in folders, with a run's model/: one line each."""
+    """Classify photos, or the photos in folders, with a run's model/: one line each. Reading a
+    run, a folder or a photo is machinery from the appendix (load_exported_run, visible, ...)."""
     model, classes, image_size = load_exported_run(run_dir)
     status, photos = 0, []
     for path in paths:
@@ -492,16 +499,6 @@ What to try next:
 # Nobody needs to read it to learn transfer learning; each piece is named where the lesson calls
 # it. A. The lesson's helpers. B. Speed-ups. C. Your own photos. D. The command line and main().
 # ==============================================================================================
-
-import argparse
-import hashlib
-import json
-import platform
-import shutil
-import signal
-import time
-import types
-
 
 # A. The lesson's helpers: the device, checks with clear errors, plots, progress ----------------
 def device():
@@ -570,7 +567,7 @@ def why_the_module_cannot_load(handle, error):
 
 def plot_history(histories, path):
     """Loss and accuracy per epoch: validation falling behind training as the epochs go on is
-    overfitting. A star marks the epoch kept; training on images (section 8) starts from there."""
+    overfitting. A star marks the epoch kept; training on images (lesson 8) starts from there."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     start = 0
     for phase, history in zip(["head", "images"], histories):

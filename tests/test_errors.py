@@ -617,7 +617,7 @@ def test_a_failing_export_keeps_the_finished_run(module32, colours, tmp_path, mo
     monkeypatch.setattr(tl, "export_model", broken_export)
     out = tmp_path / "out"
     assert tl.main([*quick(module32), "--data-dir", str(colours), "--output-dir", str(out)]) == 1
-    assert {"metrics.json", "history.png", "predictions.png", "where_it_looks.png"} <= set(os.listdir(out))
+    assert {"metrics.json", "history.png", "predictions.png", "confusion_matrix.png"} <= set(os.listdir(out))
     metrics = json.loads((out / "metrics.json").read_text())
     assert "No space left on device" in metrics["last_step_error"] and "test_accuracy" in metrics
     assert "No space left on device" in script_lines(capfd.readouterr().err)[-1]

@@ -41,7 +41,8 @@ def test_fine_tuning_reports_the_test_accuracy_before_and_after(fine_tuned):
     assert m["test_accuracy"] >= 0.9
     assert list(m["seconds"]) == ["1. Data", "2. Model", "3. Bottleneck features",
                                   "4. Training the head", "5. Evaluation", "6. Plots", "7. Export",
-                                  "8. Fine-tuning", "8. Evaluation, plots and export again"]
+                                  "8. Fine-tuning", "8. Evaluation, plots and export again",
+                                  "9. Reading the results", "10. A model for phones"]
 
 
 def test_fine_tuning_warms_up_then_decays_to_zero_well_below_the_heads_rate(fine_tuned):
