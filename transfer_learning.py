@@ -408,7 +408,8 @@ def plot_where_it_looks(model, images, labels, probabilities, classes, path):
     """Each image's occlusion map over it, all on one colour scale, with a colour bar."""
     maps = occlusion_maps(model, images)
     fig, axes = plot_predictions(images, labels, probabilities, classes)
-    limit = max(0.1, float(np.abs(maps).max()))  # never finer than 0.1: noise must look like noise
+    # One scale for all, never finer than +-0.1: tiny, random changes stay pale, not alarming.
+    limit = max(0.1, float(np.abs(maps).max()))
     for ax, image, drop in zip(axes.flat, images, maps):
         edge = image.shape[0] - 0.5
         shown = ax.imshow(drop, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.5,
@@ -468,11 +469,13 @@ def export_tflite(model, test, evaluated, image_size, run_dir, results):
     tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     with open(os.path.join(run_dir, "model.tflite"), "wb") as f:
         f.write(tflite)
-    run = (LiteRT or tf.lite.Interpreter)(model_content=tflite).get_signature_runner()
+    interpreter = LiteRT or tf.lite.Interpreter  # TensorFlow's own, where LiteRT is not installed
+    run = interpreter(model_content=tflite).get_signature_runner()  # the model as a function
     same = []
     for x, p in zip(test[0][:8], evaluated["probabilities"]):
         image = scale_and_resize(stored_image(x, image_size), image_size)[None]
-        same.append(run(images=image)["classifier"].argmax() == p.argmax())
+        output = run(images=image)  # named after the model's Input and its last layer
+        same.append(output["classifier"].argmax() == p.argmax())
     print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, the same class as the trained model for "
           f"{sum(same)} of {len(same)} test images.")
     results["tflite_agreement"] = float(np.mean(same))
@@ -980,7 +983,8 @@ def load_exported_run(run_dir):
         with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
             image_size = json.load(f)["settings"]["image_size"]
         model = tf.saved_model.load(os.path.join(run_dir, "model"))
-        model.signatures["serving_default"], model.serve  # both, or it is not our export
+        if "serving_default" not in model.signatures or not hasattr(model, "serve"):
+            raise ValueError("not an export of this script")
         return model, classes, image_size
     except Exception as e:
         fail(f"--model-dir {run_dir} holds no complete exported run ({type(e).__name__}); give "
@@ -1032,7 +1036,8 @@ def main(argv=None):
         plt.switch_backend("Agg")
     tf.keras.utils.set_random_seed(args.seed)
     output_dir, work_dir = prepare_output_dir(args.output_dir)
-    results, status, STEPS[:] = {"output_dir": output_dir}, 0, []
+    results, status = {"output_dir": output_dir}, 0
+    STEPS.clear()  # main() may run more than once in one Python, as in the tests
     previous = signal.signal(signal.SIGINT, lambda *_: leave_on_ctrl_c(work_dir, output_dir))
     try:
         try:

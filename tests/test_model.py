@@ -61,9 +61,7 @@ def test_features_are_the_frozen_base_output_one_row_per_image(module32):
     datasets = {name: tl.make_dataset(x, y, 32) for name, (x, y, _) in splits.items()}
     args = tl.parse_args(["--features-with", "keras", "--no-cache", *FAST])
     results = {}
-    assert tl.read_kept_features(splits, args, results) is None  # --no-cache: computed afresh
-    assert not tl.use_litert(args, splits, results)
-    features = tl.compute_features(extractor, datasets, splits)
+    features = tl.compute_features(extractor, datasets, splits, args, results)
     for name, (x, _, _) in splits.items():
         assert features[name].shape == (len(x), extractor.output_shape[1])
         expected = extractor.predict(x.astype(np.float32) / 255, verbose=0)
