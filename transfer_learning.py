@@ -109,12 +109,12 @@ def carve(split, fraction, seed):
     """(rest, carved): the same fraction of every class carved out at random, at least one image
     of each. "Stratified": every class keeps its share, however small. The same seed always
     carves out the same images."""
-    labels, rng, carved = split[1], np.random.default_rng(seed), []
+    labels, rng = split[1], np.random.default_rng(seed)
+    carved = np.zeros(len(labels), dtype=bool)  # True: carved out
     for label in np.unique(labels):
         of_class = rng.permutation(np.flatnonzero(labels == label))  # this class's, shuffled
-        carved.extend(of_class[:max(1, round(len(of_class) * fraction))])
-    rest = [i for i in range(len(labels)) if i not in set(carved)]
-    return subset(split, rest), subset(split, sorted(carved))  # subset: in appendix A
+        carved[of_class[:max(1, round(len(of_class) * fraction))]] = True
+    return subset(split, ~carved), subset(split, carved)  # ~: not; subset: in appendix A
 
 def make_dataset(x, y, image_size, batch_size=BATCH, shuffle_seed=None):
     """Batches of (images, labels) from tf.data, which reads and resizes each image only when it is
@@ -136,7 +136,8 @@ def scale_and_resize(images, image_size):
     # Shrinking with antialias averages pixels instead of skipping most; enlarging CIFAR's images
     # needs none. A photo's width, shape[-2], is None here: it is known only once it is read.
     shrinking = images.shape[-2] is None or images.shape[-2] > image_size
-    return tf.image.resize(images, (image_size, image_size), antialias=shrinking)
+    images = tf.image.resize(images, (image_size, image_size), antialias=shrinking)
+    return tf.clip_by_value(images, 0.0, 1.0)  # resizing can overshoot, to 1.0000002 say
 
 def show_data(train, classes, size, path):
     """Look before training: data.png with two training images of each class (8 classes at most),
@@ -650,14 +651,24 @@ def check_export(run_dir, test, probabilities, image_size, results):
               " (see export_check in metrics.json); the run is kept", file=sys.stderr)
 
 def show_progress(name, count):
-    """A Keras callback that prints, on one line, how many images are done and how fast."""
-    start = time.perf_counter()
+    """A Keras callback that prints how many images are done and how fast: on a terminal, on one
+    line redrawn at most twice a second; in a file or a pipe, a line per tenth of the images."""
+    start, terminal = time.perf_counter(), sys.stdout.isatty()
+    shown = [0.0, 0]  # when the last update was printed, and how many images it said were done
     def report(batch, logs):
-        done = min((batch + 1) * BATCH, count)
-        print(f"\r{name:>10}: {done}/{count} images, "
-              f"{done / (time.perf_counter() - start):.0f} images/s", end="", flush=True)
-        if done == count:
-            print()
+        done, now = min((batch + 1) * BATCH, count), time.perf_counter()
+        if terminal:
+            due = now - shown[0] >= 0.5
+        else:
+            due = done * 10 // count > shown[1] * 10 // count  # a new tenth
+        if not (due or done == count):
+            return
+        line = f"{name:>10}: {done}/{count} images, {done / (now - start):.0f} images/s"
+        if terminal:  # "\r": back to the start of the line, to write over it
+            print("\r" + line, end="\n" if done == count else "", flush=True)
+        else:
+            print(line, flush=True)
+        shown[:] = now, done
     return tf.keras.callbacks.LambdaCallback(on_predict_batch_end=report)
 
 
@@ -780,7 +791,10 @@ def read_photo(path, image_size):
     12-megapixel photo, a fraction of the work of a full decode."""
     with Image.open(path) as photo:
         photo.draft("RGB", (image_size, image_size))
-        return np.asarray(ImageOps.exif_transpose(photo).convert("RGB"))
+        photo = ImageOps.exif_transpose(photo)
+        if photo.mode.startswith("I"):  # 16-bit greys, 0-65535: convert() would clip them at 255
+            photo = Image.fromarray(np.uint8(np.clip(np.asarray(photo) // 256, 0, 255)))
+        return np.asarray(photo.convert("RGB"))
 
 def read_photo_op(image_size):
     """read_photo for tf.data: (path, label) -> (pixels, label), on as many cores as there are."""
@@ -793,6 +807,7 @@ def load_photos(data_dir, results):
     """Your photos' paths and labels, from class folders or labels.csv; unreadable files out."""
     if not os.path.isdir(data_dir):
         fail(f"--data-dir {data_dir} is not a folder; give a folder with one sub-folder per class")
+    folders = {}  # {split: folder}, with split folders
     if os.path.isfile(os.path.join(data_dir, "labels.csv")):
         splits, classes = read_labels_csv(data_dir)
     else:
@@ -808,6 +823,9 @@ def load_photos(data_dir, results):
     for label in set(range(len(classes))) - set(splits["train"][1]):
         fail(f"class {classes[label]} has no readable images in {data_dir}; add good images or "
              "remove the class")
+    for split in ("validation", "test"):
+        if split in folders and len(splits[split][1]) == 0:
+            fail(f"{folders[split]} has no readable images; add some or remove the folder")
     if skipped:
         print(f"warning: skipped {len(skipped)} file(s) that are not images it can read: "
               f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''} "
@@ -859,36 +877,39 @@ def read_labels_csv(data_dir):
     then a file name (often without its extension) and a class per row."""
     folder = os.path.join(data_dir, "train")
     folder = folder if os.path.isdir(folder) else data_dir
+    labels_csv = os.path.join(data_dir, "labels.csv")
     photos = {}  # by name, with and without the extension
     for name in visible(folder, os.path.isfile):
-        photos[name] = photos[os.path.splitext(name)[0]] = os.path.join(folder, name)
+        if os.path.join(folder, name) != labels_csv:  # the photos may sit beside it
+            photos[name] = photos[os.path.splitext(name)[0]] = os.path.join(folder, name)
     try:
-        with open(os.path.join(data_dir, "labels.csv"), newline="", encoding="utf-8-sig") as f:
+        with open(labels_csv, newline="", encoding="utf-8-sig") as f:
             rows = [row for row in csv.reader(f) if len(row) >= 2][1:]  # [1:]: not the header
     except (OSError, UnicodeError, csv.Error) as e:
-        fail(f"cannot read {os.path.join(data_dir, 'labels.csv')} ({type(e).__name__}); save it as "
-             "UTF-8 text: a header row, then a file name and a class per row")
+        fail(f"cannot read {labels_csv} ({type(e).__name__}); save it as UTF-8 text: a header "
+             "row, then a file name and a class per row")
     found = {photos[row[0].strip()]: row[1].strip() for row in rows if row[0].strip() in photos}
     unlisted = len(set(photos.values()) - set(found))
     if len(found) < len(rows) or unlisted:
         print(f"warning: {len(rows) - len(found)} row(s) of labels.csv name no file in {folder}, "
               f"and {unlisted} file(s) there have no row; both are left out", file=sys.stderr)
     classes = sorted(set(found.values()))
-    check_classes(os.path.join(data_dir, "labels.csv"), classes)
+    check_classes(labels_csv, classes)
     paths = np.array(list(found))
     labels = np.array([classes.index(name) for name in found.values()], dtype=np.int64)
     return {"train": (paths, labels, paths)}, classes
 
 def is_readable(path):
-    """Cheaply: a JPEG's header and its end-of-image marker (a copy cut short lacks it). Other
-    formats, smaller or rare among photos, are decoded in full."""
+    """Cheaply: a JPEG's header and, after its compressed pixels, its end-of-image marker (a copy
+    cut short lacks it). Other formats, smaller or rare among photos, are decoded in full."""
     try:
         path.encode("utf-8")  # TensorFlow passes file names as UTF-8
         with Image.open(path) as photo:
             if photo.format != "JPEG":
                 photo.load()
                 return True
-            photo.fp.seek(photo.tile[0][2])  # where the compressed pixels start
+            # Pillow stops reading at the start of the compressed pixels: the marker must come
+            # after them, not in the header, where a phone's thumbnail has one of its own.
             return b"\xff\xd9" in photo.fp.read()
     except Exception:
         return False

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,19 @@ def jpeg_bytes(pixels, quality=90, orientation=None):
         exif[274] = orientation
     Image.fromarray(pixels).save(buffer, "JPEG", quality=quality, exif=exif.tobytes())
     return buffer.getvalue()
+
+
+def phone_jpeg_bytes(pixels):
+    """pixels as a phone stores them: a JPEG whose EXIF segment holds a small JPEG thumbnail,
+    with an end-of-image marker (FF D9) of its own, near the start of the file."""
+    thumbnail = jpeg_bytes(np.full((12, 16, 3), 128, np.uint8))
+    # EXIF is a TIFF file: its header, an empty first directory (IFD0) pointing to the second
+    # (IFD1), which gives the thumbnail's offset and length; then the thumbnail itself.
+    tiff = b"MM\x00\x2a" + struct.pack(">IHI", 8, 0, 14) + struct.pack(
+        ">HHHIIHHIII", 2, 0x201, 4, 1, 44, 0x202, 4, 1, len(thumbnail), 0) + thumbnail
+    exif = b"Exif\x00\x00" + tiff
+    photo = jpeg_bytes(pixels)
+    return photo[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + photo[2:]
 
 
 @pytest.fixture(scope="session")

@@ -95,6 +95,18 @@ def test_anything_that_changes_the_features_computes_them_again(change, photos, 
     assert len(os.listdir(own_feature_cache)) == 2
 
 
+def test_the_features_file_changes_with_the_module_handle_also_for_urls(photos):
+    """A URL names no local files: only the handle itself can tell two modules apart."""
+    args = tl.parse_args(["--data-dir", str(photos)])
+    splits, _ = tl.load_data(args, {})
+    names = {}
+    for handle in ("https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5",
+                   "https://tfhub.dev/google/imagenet/mobilenet_v3_small_100_224/feature_vector/5"):
+        names[handle] = tl.feature_file(splits, tl.parse_args(["--model-handle", handle]))
+        assert tl.feature_file(splits, tl.parse_args(["--model-handle", handle])) == names[handle]
+    assert len(set(names.values())) == 2, names
+
+
 def test_cifar10_features_are_kept_too_and_new_pixels_are_computed_again(module32, monkeypatch,
                                                                          tmp_path):
     data = fake_cifar10(200, 60)

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageFile
 
-from conftest import fake_cifar10, jpeg_bytes, run_script, script_lines, tl, write_colour_images
+from conftest import (fake_cifar10, jpeg_bytes, phone_jpeg_bytes, run_script, script_lines, tl,
+                      write_colour_images)
 
 COLOURS = {"cat": (200, 40, 40), "dog": (40, 40, 200)}
 FIVE = {"a": (200, 40, 40), "b": (40, 200, 40), "c": (40, 40, 200), "d": (200, 200, 40),
@@ -120,6 +121,37 @@ def test_data_plot_shows_each_class_as_stored_and_as_received(cifar, tmp_path):
     tl.plt.close("all")
 
 
+def test_carve_is_stratified_disjoint_complete_and_the_same_for_a_seed():
+    labels = np.repeat([2, 0, 1], [6000, 10, 3990])
+    split = (np.arange(len(labels)) * 10, labels, np.arange(len(labels)).astype(str))
+    rest, carved = tl.carve(split, 0.1, seed=3)
+    assert np.bincount(carved[1]).tolist() == [1, 399, 600]
+    assert np.bincount(rest[1]).tolist() == [9, 3591, 5400]
+    for x, y, names in (rest, carved):
+        assert np.all(np.diff(x) > 0)  # in their original order
+        assert np.array_equal(y, labels[x // 10]) and np.array_equal(names, (x // 10).astype(str))
+    assert np.array_equal(np.sort(np.concatenate([rest[0], carved[0]])), split[0])
+    assert np.array_equal(tl.carve(split, 0.1, seed=3)[1][0], carved[0])
+    assert not np.array_equal(tl.carve(split, 0.1, seed=4)[1][0], carved[0])
+
+
+def test_photos_shrunk_for_the_network_show_without_matplotlibs_clipping_warning(tmp_path,
+                                                                                 caplog):
+    """Resizing can give 1.0000002 for white; matplotlib would log that it clips it."""
+    rng = np.random.default_rng(0)
+    for name in COLOURS:
+        os.makedirs(tmp_path / name)
+        for i in range(2):
+            noise = rng.integers(0, 2, (100, 100, 3)).astype(np.uint8) * 255  # black and white
+            Image.fromarray(noise).save(tmp_path / name / f"{i}.png")
+    train = tl.list_files(str(tmp_path), list(COLOURS))
+    tl.show_data(train, list(COLOURS), 64, str(tmp_path / "data.png"))
+    tl.plt.close("all")
+    assert "Clipping input data" not in caplog.text
+    images = next(iter(tl.make_dataset(*train[:2], 64)))[0].numpy()  # what the network gets
+    assert images.max() <= 1.0 and images.min() >= 0.0
+
+
 # Folder layouts as people keep their photos -------------------------------------------------
 
 @pytest.mark.parametrize("validation_name", ["validation", "val", "valid"])
@@ -207,6 +239,17 @@ def test_labels_csv_gives_the_classes_kaggle_style(tmp_path, capfd):
     assert len(warnings) == 1 and "1 row(s)" in warnings[0] and "1 file(s)" in warnings[0]
 
 
+def test_labels_csv_beside_the_photos_is_not_counted_as_a_photo(tmp_path, capfd):
+    rows = ["file,class"]
+    for i in range(12):
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg_bytes(np.full((8, 8, 3), 20 * i, np.uint8)))
+        rows.append(f"{i}.jpg,{['cat', 'dog'][i % 2]}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    splits, classes, _ = load("--data-dir", tmp_path)
+    assert classes == ["cat", "dog"] and sum(len(y) for _, y, _ in splits.values()) == 12
+    assert script_lines(capfd.readouterr().err) == []  # every photo has a row: nothing to warn
+
+
 @pytest.mark.parametrize("content, named", [(b"id,breed\ncaf\xe9,pug\n", "UTF-8"),
                                             (b"id,breed\nnobody,pug\n", "0 class(es)")])
 def test_a_labels_csv_that_cannot_be_used_ends_in_a_clear_error(content, named, tmp_path, capfd):
@@ -264,6 +307,25 @@ def test_the_readability_check_reads_a_jpeg_header_without_decoding_it(tmp_path,
                         lambda self: decoded.append(self.filename) or load_pixels(self))
     assert tl.is_readable(str(tmp_path / "whole.jpg")) and not tl.is_readable(str(tmp_path / "cut.jpg"))
     assert decoded == []
+
+
+def test_a_16_bit_grey_png_is_read_at_its_true_brightness(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (64, 1))  # black to white
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    assert Image.open(tmp_path / "ramp16.png").mode == "I;16"
+    pixels = tl.read_photo(str(tmp_path / "ramp16.png"), 64)
+    assert pixels.shape == (64, 256, 3) and pixels.dtype == np.uint8
+    assert pixels.mean() == pytest.approx(127.5, abs=1)
+    assert pixels[:, 0].max() == 0 and pixels[:, -1].min() == 255
+
+
+def test_a_phone_photo_cut_short_is_unreadable_though_its_exif_thumbnail_ends(tmp_path):
+    """The thumbnail in a phone photo's EXIF segment has an end-of-image marker of its own."""
+    data = phone_jpeg_bytes(np.random.default_rng(0).integers(0, 256, (200, 300, 3), np.uint8))
+    (tmp_path / "whole.jpg").write_bytes(data)
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 6 // 10])
+    assert tl.is_readable(str(tmp_path / "whole.jpg"))
+    assert not tl.is_readable(str(tmp_path / "cut.jpg"))
 
 
 def test_copies_across_splits_are_named_in_one_warning(tmp_path, capfd):

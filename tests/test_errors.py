@@ -22,7 +22,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import SCRIPT, REPO, run_script, script_lines, tl, write_colour_images
+from conftest import (SCRIPT, REPO, phone_jpeg_bytes, run_script, script_lines, tl,
+                      write_colour_images)
 
 COLOURS = {"red": (200, 40, 40), "blue": (40, 40, 200)}
 
@@ -165,13 +166,21 @@ def data_dir_case(case, tmp_path):
         for i in range(4):
             (root / "blue" / f"{i}.jpg").write_bytes(b"this is not a JPEG")
         return root, ("blue", root)  # the class folder, in full or as class and --data-dir
+    if case in ("test folder of damaged files only", "validation folder of damaged files only"):
+        split = case.split()[0]
+        write_colour_images(root / "train", COLOURS, 10)
+        for name in COLOURS:
+            (root / split / name).mkdir(parents=True)
+            (root / split / name / "0.jpg").write_bytes(b"this is not a JPEG")
+        return root, (root / split, "no readable images")
     raise ValueError(case)
 
 
 @pytest.mark.parametrize("case", [
     "missing", "empty string", "a file", "empty", "single class",
     "only hidden folders besides one class", "class folder without images",
-    "test class folder without images", "class folder of damaged files only"])
+    "test class folder without images", "class folder of damaged files only",
+    "test folder of damaged files only", "validation folder of damaged files only"])
 def test_bad_data_dir_is_refused(case, fast, tmp_path, capfd, monkeypatch):
     downloads = []
     def no_download():
@@ -408,9 +417,11 @@ def messy_dataset(tmp_path_factory):
         "blue/wide.png": encoded(blue.resize((97, 13)), "PNG"),
     }
     jpeg, png = encoded(red, "JPEG"), encoded(blue, "PNG")
+    phone = phone_jpeg_bytes(np.asarray(red.resize((300, 200))))  # an EXIF thumbnail inside
     damaged = {  # skipped, counted in one warning line, listed in metrics.json
         "red/not-an-image.jpg": b"Lorem ipsum, not an image at all\n",
         "red/truncated.jpg": jpeg[:len(jpeg) // 2],
+        "red/phone-truncated.jpg": phone[:len(phone) * 6 // 10],  # past its thumbnail's end
         "blue/truncated.png": png[:len(png) // 2],
         "blue/zero-bytes.png": b"",
         "blue/notes.txt": b"some notes",

@@ -103,6 +103,18 @@ def test_the_map_peaks_where_the_class_is_decided(module32, corner):
     assert sum(peak == corner for peak in peaks) >= 9, peaks
 
 
+def test_occlusion_maps_run_the_model_without_dropout(module32):
+    """Dropout on, as in training, would make the maps change from call to call, and show drops
+    where hiding a patch changes nothing."""
+    tf.keras.utils.set_random_seed(0)
+    model = tl.build_model(tl.load_module(module32, 32), 32, 2, 0.5)[0]
+    images = squares(4, (1, 2), 0)[0]
+    first, again = tl.occlusion_maps(model, images), tl.occlusion_maps(model, images)
+    np.testing.assert_array_equal(first, again)
+    grey = np.full((3, 32, 32, 3), 0.5, np.float32)  # a grey patch on grey hides nothing
+    np.testing.assert_array_equal(tl.occlusion_maps(model, grey), 0)
+
+
 def test_where_it_looks_draws_the_maps_on_one_honest_scale(module32, tmp_path, monkeypatch):
     images = squares(8, (0, 3), 2)[0]
     model = tl.build_model(tl.load_module(module32, 32), 32, 2, 0.0)[0]

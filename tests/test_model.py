@@ -69,6 +69,19 @@ def test_features_are_the_frozen_base_output_one_row_per_image(module32):
     assert results["features_with"] == "keras" and results["features_from_cache"] is False
 
 
+def test_progress_written_to_a_log_is_a_line_a_tenth_ending_with_all_images(module32, capsys):
+    """Not a terminal (a file, a pipe): not a progress entry per batch, flooding the log."""
+    _, _, extractor, _ = build(module32)
+    x, y, _ = colour_split(3000, 0)  # 94 batches
+    assert not tl.sys.stdout.isatty()
+    progress = tl.show_progress("train", len(y))  # as compute_features uses it
+    extractor.predict(tl.make_dataset(x, y, 32), verbose=0, callbacks=[progress])
+    updates = [line for line in capsys.readouterr().out.replace("\r", "\n").splitlines()
+               if "images/s" in line]
+    assert 1 <= len(updates) <= 11, updates
+    assert "3000/3000 images" in updates[-1]
+
+
 def test_the_head_learns_separable_classes_well_above_chance(module32, three_colours, tmp_path):
     status, m = run_main("--data-dir", three_colours, "--model-handle", module32, "--epochs", 30,
                          "--learning-rate", 0.01, "--output-dir", tmp_path / "run", *FAST)
@@ -96,6 +109,21 @@ def test_the_kept_epoch_has_the_lowest_validation_loss(module32):
     assert loss == pytest.approx(history["val_loss"][kept], rel=1e-4)
     assert results["val_accuracy"] == history["val_accuracy"][kept] == pytest.approx(accuracy)
     assert results["train_accuracy"] == history["accuracy"][kept]
+
+
+def test_accuracy_before_training_is_measured_on_the_validation_images(module32):
+    """The same features, with the labels swapped between the splits: the untrained head's
+    accuracy on validation is 1 minus its accuracy on training (31 images: never a tie)."""
+    tf.keras.utils.set_random_seed(0)
+    _, _, _, head = build(module32, classes=2, dropout=0.0)
+    features = np.random.default_rng(0).normal(size=(31, head.input_shape[1])).astype(np.float32)
+    predicted = head.predict(features, verbose=0).argmax(axis=1)
+    names = np.arange(31).astype(str)
+    splits = {"train": (None, 1 - predicted, names), "validation": (None, predicted, names)}
+    results = {}
+    tl.train_head(head, {"train": features, "validation": features}, splits, ["a", "b"],
+                  tl.parse_args(["--epochs", "1"]), results)
+    assert results["accuracy_before_training"] == 1.0  # on training it would be 0.0
 
 
 def test_the_numbers_reported_are_the_kept_epochs(module32, monkeypatch):
@@ -167,6 +195,37 @@ def test_dropout_and_batch_size_reach_the_head_and_its_batches_are_shuffled(
     assert sorted(first) == sorted(again) and len(first) == m["num_train"]
     assert list(first) != sorted(first), "the training features are in class order"
     assert list(first) != list(again), "the order is not new in every epoch"
+
+
+def test_the_seed_reaches_the_heads_first_weights_and_training_order_not_only_the_splits(
+        module32, tmp_path, monkeypatch):
+    """Split folders: nothing is carved at random, so every seed gets the same splits."""
+    colours = {"red": (200, 40, 40), "blue": (40, 40, 200)}
+    for split, count, seed in (("train", 20, 0), ("val", 5, 1), ("test", 5, 2)):
+        write_colour_images(tmp_path / "data" / split, colours, count, seed=seed)
+    seen = []
+    build_model, fit = tl.build_model, tl.fit_keeping_the_best_epoch
+    def recording_build(*args):
+        built = build_model(*args)
+        seen.append({"first weights": built[3].get_layer("classifier").get_weights()[0]})
+        return built
+    def recording_fit(model, training, validation, epochs):
+        history = fit(model, training, validation, epochs)
+        seen[-1]["order"] = np.concatenate([x.numpy().sum(1) for x, _ in training])  # once more
+        seen[-1]["trained weights"] = model.get_layer("classifier").get_weights()[0]
+        return history
+    monkeypatch.setattr(tl, "build_model", recording_build)
+    monkeypatch.setattr(tl, "fit_keeping_the_best_epoch", recording_fit)
+    for i, seed in enumerate((1, 1, 2)):
+        status, m = run_main("--data-dir", tmp_path / "data", "--model-handle", module32,
+                             "--epochs", 2, "--seed", seed, "--output-dir", tmp_path / str(i),
+                             *FAST)
+        assert status == 0 and (m["num_train"], m["num_validation"], m["num_test"]) == (40, 10, 10)
+    same, other = seen[1], seen[2]
+    for name in ("first weights", "order", "trained weights"):
+        np.testing.assert_array_equal(seen[0][name], same[name], err_msg=name)
+        assert not np.allclose(seen[0][name], other[name]), f"{name}: the same for another seed"
+    assert sorted(seen[0]["order"]) == sorted(other["order"])  # the same training images
 
 
 # LiteRT for the feature pass ------------------------------------------------------------------
