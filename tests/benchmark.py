@@ -1,6 +1,6 @@
 """Benchmark: what transfer_learning.py costs, measured as a user meets it. Not a test.
 
-Two benchmarks, each running the script as fresh processes on the same images, round-robin,
+Three benchmarks, each running the script as fresh processes on the same images, round-robin,
 --repeats times; wall time is the whole process, and the script's own metrics.json says where
 the time went. Nothing is written into the repository.
 
@@ -16,6 +16,17 @@ the time went. Nothing is written into the repository.
           compared. With --model-dir RUN, RUN's model also classifies the same phone photos
           stored upright and stored sideways, and serve() is fed fully decoded photos.
           python tests/benchmark.py photos --data-dir DIR --model-dir RUN [--per-class 100]
+
+  recipes the recipe the lesson teaches against the naive one and the floor, on the same images
+          (the script's --max-images of each split; its --epochs): `floor` starts TensorFlow,
+          loads the module and runs one Keras predict over the images (tf.data decoding the
+          JPEGs, batches of 32); `taught-first` is the script's run in a fresh feature cache,
+          which computes the features once and trains the head on them; `taught-rerun` changes
+          only --dropout and reads them back; `naive` trains the whole model (frozen base, the
+          same head, optimizer, batches and epochs) on the images, running the base on every
+          image in every epoch, as the script's own functions build it, then tests it.
+          python tests/benchmark.py recipes --data-dir DIR [--module M] [--max-images 1000]
+                                            [--epochs 10] [--repeats 2]
 
 DIR holds class folders as the script's --data-dir takes them; the figures in BENCHMARK.md use
 the 12000 CIFAR-10 cat and dog images as JPEG files (DIR/{train,test}/{cat,dog}/*.jpg) and the
@@ -34,17 +45,24 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "transfer_learning.py")
+HERE = os.path.abspath(__file__)
 
 
-def run_script(argv, env, log):
-    """One run of the script: its wall seconds and its metrics.json (None for --predict)."""
+def run_process(command, env, log):
+    """One fresh Python process, its output in log: its wall seconds."""
     start = time.perf_counter()
     with open(log, "w") as f:
-        done = subprocess.run([sys.executable, SCRIPT, *map(str, argv)], stdout=f,
+        done = subprocess.run([sys.executable, *map(str, command)], stdout=f,
                               stderr=subprocess.STDOUT, env=env, cwd=REPO)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{log} failed (exit {done.returncode}):\n{open(log).read()[-3000:]}")
+    return seconds
+
+
+def run_script(argv, env, log):
+    """One run of the script: its wall seconds and its metrics.json (None for --predict)."""
+    seconds = run_process([SCRIPT, *argv], env, log)
     out = argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else None
     return seconds, json.load(open(os.path.join(out, "metrics.json"))) if out else None
 
@@ -165,10 +183,122 @@ print("REPORT", largest, changed)"""
                                                         classes_changed=int(changed)))
 
 
+RECIPES = ("floor", "taught-first", "taught-rerun", "naive")
+
+
+def recipes_benchmark(args, tmp):
+    script = ["--data-dir", args.data_dir, "--epochs", args.epochs]
+    script += ["--max-images", args.max_images] if args.max_images else []
+    script += ["--model-handle", args.module] if args.module else []
+    listing = os.path.join(tmp, "images.json")  # the images every contestant gets, untimed
+    run_process([HERE, "_images", listing, *script], os.environ, listing + ".log")
+    counts = {name: len(paths) for name, paths in json.load(open(listing))["paths"].items()}
+    print(f"images: {counts}, {args.epochs} epochs", flush=True)
+    rows = {name: [] for name in RECIPES}
+    for r in range(args.repeats):
+        env = dict(os.environ, XDG_CACHE_HOME=os.path.join(tmp, f"cache{r}"))  # fresh, empty
+        for name in RECIPES:  # the floor first: each ratio is to this round's floor
+            row = run_contestant(name, script, listing, os.path.join(tmp, f"{name}{r}"), env)
+            if row["counts"] != counts:
+                sys.exit(f"{name} got other images than the floor: {row['counts']}, {counts}")
+            row["over_floor"] = row["seconds"] / (rows["floor"] + [row])[r]["seconds"]
+            rows[name].append(row)
+            accuracy = row["test_accuracy"]
+            print(f"round {r + 1} {name:>12}: {row['seconds']:6.1f} s, {row['over_floor']:5.2f}x "
+                  f"the floor{'' if accuracy is None else f', test accuracy {accuracy:.4f}'}",
+                  flush=True)
+    each = lambda key: {name: [run[key] for run in runs] for name, runs in rows.items()}
+    return dict(runs=rows, images=counts, epochs=args.epochs, seconds=each("seconds"),
+                over_floor=each("over_floor"), test_accuracy=each("test_accuracy"),
+                naive_over_taught_first=[naive["seconds"] / first["seconds"] for first, naive
+                                         in zip(rows["taught-first"], rows["naive"])])
+
+
+def run_contestant(name, script, listing, out, env):
+    """One contestant as a fresh process: wall seconds, test accuracy, images per split."""
+    if name == "floor":
+        seconds = run_process([HERE, "_floor", listing, out + ".json"], env, out + ".log")
+        return dict(seconds=seconds, test_accuracy=None, **json.load(open(out + ".json")))
+    if name == "naive":
+        seconds = run_process([HERE, "_naive", out, *script], env, out + ".log")
+        return dict(seconds=seconds, **json.load(open(os.path.join(out, "naive.json"))))
+    extra = ["--dropout", "0.3"] if name == "taught-rerun" else []
+    seconds, m = run_script([*script, *extra, "--no-show", "--output-dir", out], env, out + ".log")
+    if m["features_from_cache"] != (name == "taught-rerun"):
+        sys.exit(f"{name}: features from the cache: {m['features_from_cache']} ({out}.log)")
+    counts = {split: m[f"num_{split}"] for split in ("train", "validation", "test")}
+    return dict(seconds=seconds, test_accuracy=m["test_accuracy"], counts=counts,
+                features_with=m["features_with"], from_cache=m["features_from_cache"],
+                phases=m["seconds"])
+
+
+def import_lesson():
+    sys.path.insert(0, REPO)
+    import transfer_learning
+    return transfer_learning
+
+
+def list_images(listing, *script):
+    """_images: the splits the script's own load_data picks for these options, as paths."""
+    tl = import_lesson()
+    args = tl.parse_args(list(script))
+    splits, _ = tl.load_data(args, {})
+    paths = {name: [str(path) for path in x] for name, (x, _, _) in splits.items()}
+    with open(listing, "w") as f:
+        json.dump(dict(paths=paths, module=args.model_handle, image_size=args.image_size), f)
+
+
+def floor(listing, out):
+    """_floor: start TensorFlow, load the module, one Keras predict over every listed JPEG."""
+    os.environ.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+                      TF_CPU_ALLOCATOR_USE_BFC="true")  # as the script sets them
+    import tensorflow as tf
+    import tensorflow_hub as hub
+    spec = json.load(open(listing))
+    size, paths = spec["image_size"], [p for split in spec["paths"].values() for p in split]
+    def read(path):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        return tf.image.resize(tf.cast(image, tf.float32) / 255, (size, size))
+    images = tf.data.Dataset.from_tensor_slices(paths)
+    images = images.map(read, num_parallel_calls=tf.data.AUTOTUNE).batch(32)
+    inputs = tf.keras.Input((size, size, 3))
+    model = tf.keras.Model(inputs, hub.KerasLayer(hub.load(spec["module"]))(inputs))
+    features = model.predict(images.prefetch(tf.data.AUTOTUNE), verbose=0)
+    assert features.shape[0] == len(paths)
+    with open(out, "w") as f:
+        json.dump(dict(counts={name: len(split) for name, split in spec["paths"].items()}), f)
+
+
+def naive(out, *script):
+    """_naive: the whole model (frozen base, the script's head) fit on the images, as
+    train_on_images does without augmentation or fine-tuning, then tested."""
+    tl = import_lesson()
+    args = tl.parse_args(list(script))
+    tl.tf.keras.utils.set_random_seed(args.seed)
+    os.makedirs(out)
+    splits, classes = tl.load_data(args, {})
+    datasets = {name: tl.make_dataset(x, y, args.image_size) for name, (x, y, _) in splits.items()}
+    module = tl.load_module(args.model_handle, args.image_size)
+    model = tl.build_model(module, args.image_size, len(classes), args.dropout)[0]
+    images = tl.make_dataset(*splits["train"][:2], args.image_size, args.batch_size, args.seed)
+    tl.compile_for_training(model, args.learning_rate)
+    tl.fit_keeping_the_best_epoch(model, images, datasets["validation"], args.epochs)
+    predicted = model.predict(datasets["test"], verbose=0).argmax(axis=1)
+    counts = {name: len(y) for name, (_, y, _) in splits.items()}
+    with open(os.path.join(out, "naive.json"), "w") as f:
+        json.dump(dict(test_accuracy=float(np.mean(predicted == splits["test"][1])),
+                       counts=counts), f)
+
+
+HELPERS = {"_images": list_images, "_floor": floor, "_naive": naive}  # run as fresh processes
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] in HELPERS:
+        return HELPERS[sys.argv[1]](*sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("benchmark", choices=["cache", "photos"])
+    p.add_argument("benchmark", choices=["cache", "photos", "recipes"])
     p.add_argument("--data-dir", required=True, help="class folders; photos uses DIR/test/<class>/")
     p.add_argument("--module", help="a feature-vector SavedModel (default: the script's default)")
     p.add_argument("--model-dir", help="photos: a finished run whose model classifies the photos")
@@ -176,12 +306,16 @@ def main():
     p.add_argument("--noise", type=float, default=3.0, help="photos: noise added, in 0-255 levels")
     p.add_argument("--photos-dir", help="photos: write the photos here (outside the repository) "
                    "and keep them, or use those already there; default: a temporary folder")
+    p.add_argument("--max-images", type=int, default=1000, help="recipes: the script's "
+                   "--max-images, about this many images of each split (0: all)")
+    p.add_argument("--epochs", type=int, default=10, help="recipes: epochs of each recipe")
     p.add_argument("--repeats", type=int, default=2, help="rounds; compare the best of each")
     p.add_argument("--output", default="benchmark.json", help="the results as JSON")
     args = p.parse_args()
     args.data_dir = os.path.abspath(args.data_dir)
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
-        results = (cache_benchmark if args.benchmark == "cache" else photos_benchmark)(args, tmp)
+        benchmark = dict(cache=cache_benchmark, photos=photos_benchmark, recipes=recipes_benchmark)
+        results = benchmark[args.benchmark](args, tmp)
     results.update(settings=vars(args), cpu_cores=os.cpu_count())
     with open(args.output, "w") as f:
         json.dump(results, f, indent=2)
