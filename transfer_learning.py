@@ -319,6 +319,8 @@ def run_extra_lessons(model, base, splits, datasets, history, test, classes, arg
 
 
 # 8. Training on the images themselves: fine-tuning and augmentation ---------------------------
+FINE_TUNE_BATCH = 16  # images per batch when fine-tuning the base: below, why
+
 def train_on_images(model, base, splits, datasets, history, classes, args, run_dir, results):
     """The other half of transfer learning: the whole model trains on the images themselves.
     Augmentation shows new variants of each photo every epoch, and fine-tuning changes the base,
@@ -338,8 +340,12 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
     - If the head alone did better on the validation images, its weights come back."""
     step("8. Fine-tuning" if args.fine_tune_epochs else "8. Training on augmented images")
     head_weights, head_test_accuracy = model.get_weights(), results["test_accuracy"]
+    # To compute gradients for the base, training keeps every layer's outputs for each image of a
+    # batch: 64 images of 224x224 took 6 GB. Fine-tuning takes batches of 16 (3 GB), at a learning
+    # rate scaled down to match: smaller batches, noisier gradients, smaller steps.
+    batch_size = min(FINE_TUNE_BATCH, args.batch_size) if args.fine_tune_epochs else args.batch_size
     x, y, _ = splits["train"]
-    images = make_dataset(x, y, args.image_size, args.batch_size, shuffle_seed=args.seed)
+    images = make_dataset(x, y, args.image_size, batch_size, shuffle_seed=args.seed)
     if args.augment:  # new variants of every photo in every epoch: flipped, turned, zoomed
         augment = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
                                        tf.keras.layers.RandomRotation(0.05),
@@ -350,7 +356,8 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
         base.trainable = True  # compile(), below, takes note of what is trainable
         epochs, steps = args.fine_tune_epochs, args.fine_tune_epochs * len(images)  # len: batches
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0, warmup_target=args.fine_tune_learning_rate,
+            initial_learning_rate=0.0,
+            warmup_target=args.fine_tune_learning_rate * batch_size / args.batch_size,
             warmup_steps=steps // 10, decay_steps=steps - steps // 10)  # up, then down to 0
     compile_for_training(model, learning_rate)
     more = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
@@ -966,7 +973,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42, help="random seed for splits and training")
     p.add_argument("--fine-tune-epochs", type=int, default=0,
                    help="then unfreeze the base and train it all for this many epochs")
-    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4, help="its peak")
+    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4, help="its peak, for "
+                   f"batches of --batch-size; it fine-tunes in batches of {FINE_TUNE_BATCH}, at a "
+                   "rate scaled to match")
     p.add_argument("--augment", action="store_true", help="train on randomly flipped, turned and "
                    "zoomed training images, after the head (slow: their features change)")
     p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")

@@ -58,6 +58,25 @@ def test_fine_tuning_warms_up_then_decays_to_zero_well_below_the_heads_rate(fine
     assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))
 
 
+def test_fine_tuning_takes_batches_of_16_at_a_rate_scaled_to_match(three_colours, module32,
+                                                                    tmp_path, monkeypatch):
+    """Batches of 64 at 224 pixels took 6 GB to fine-tune MobileNetV2; 16 fit an 8 GB laptop."""
+    batches, rates = [], []
+    fit, compile_for_training = tl.fit_keeping_the_best_epoch, tl.compile_for_training
+    def fit_recording_the_batch(model, training, validation, epochs):
+        batches.append(len(next(iter(training))[1]))
+        return fit(model, training, validation, epochs)
+    monkeypatch.setattr(tl, "fit_keeping_the_best_epoch", fit_recording_the_batch)
+    monkeypatch.setattr(tl, "compile_for_training", lambda model, rate: rates.append(rate)
+                        or compile_for_training(model, rate))
+    status, m = run_main("--data-dir", three_colours, "--model-handle", module32, "--output-dir",
+                         tmp_path / "run", *FAST, "--epochs", 1, "--fine-tune-epochs", 1,
+                         "--fine-tune-learning-rate", "1e-3", "--batch-size", 64)
+    assert status == 0 and batches == [64, 16]  # the head's batches, then fine-tuning's
+    steps = int(np.ceil(m["num_train"] / 16))
+    assert max(float(rates[1](step)) for step in range(steps)) == pytest.approx(1e-3 / 4, rel=1e-3)
+
+
 def test_fine_tuning_that_does_worse_gives_back_the_frozen_models_weights(three_colours, module32,
                                                                           tmp_path, capsys):
     """A learning rate so high that fine-tuning wrecks the model: the head-only weights return."""
