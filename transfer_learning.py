@@ -240,13 +240,14 @@ def fit_keeping_the_best_epoch(model, training, validation, epochs):
     """model.fit for all the epochs, then back to the weights of the epoch with the lowest
     validation loss (it rewards sure right answers and, unlike accuracy, rarely ties); never the
     test images: they must stay unseen. The ModelCheckpoint callback saves the weights after each
-    epoch whose validation loss is the lowest so far; we load the last saved after training."""
+    epoch whose validation loss is the lowest so far; we load the last saved after training.
+    Keras draws a progress bar on a terminal, and writes a line per epoch in a log (verbose=2)."""
     with tempfile.TemporaryDirectory() as folder:
         best = os.path.join(folder, "best.weights.h5")
         save_best = tf.keras.callbacks.ModelCheckpoint(best, monitor="val_loss",
                                                        save_best_only=True, save_weights_only=True)
         history = model.fit(training, validation_data=validation, epochs=epochs,
-                            callbacks=[save_best])
+                            callbacks=[save_best], verbose=1 if sys.stdout.isatty() else 2)
         model.load_weights(best)
     return history.history
 
