@@ -14,7 +14,7 @@ How to read it: the lesson, steps 1 to 7, fills the first 300 lines; extra lesso
 follow. Then a banner says the tutorial ends: below it is the appendix, machinery that makes the
 script a robust tool, which nobody needs to read to learn transfer learning.
 """
-import argparse, hashlib, json, platform, shutil, signal, time, types  # for the appendix
+import argparse, functools, hashlib, json, platform, shutil, signal, time, types  # appendix
 import csv, os, sys, tempfile  # for the lesson
 
 # TF Hub's layers need Keras 2 (tf-keras), picked as TensorFlow loads. The other two lines are
@@ -189,12 +189,12 @@ def build_model(module, image_size, num_classes, dropout):
 # and train the head on the numbers: seconds per epoch instead of minutes.
 def compute_features(extractor, datasets, splits, args, results):
     """{split: features}: each image through the frozen base once, one row of numbers per image.
-    Two speed-ups from appendix B, one line each: features computed before are read from disk; on
-    a CPU, LiteRT, TensorFlow's runtime for phones, runs the same network twice as fast."""
+    Two speed-ups from appendix B, one line each, give the same numbers sooner."""
     features = read_kept_features(splits, args, results)  # None if no run before computed them
     if features is not None:
         return features
     if use_litert(args, splits, results):
+        # LiteRT, TensorFlow's runtime for phones, runs the same network twice as fast on a CPU
         extractor = litert_extractor(extractor)  # an object whose predict() runs LiteRT
     features = {}
     for name, images in datasets.items():
@@ -314,23 +314,21 @@ def run_extra_lessons(model, base, splits, datasets, history, test, classes, arg
         export_tflite(model, splits["test"], test, args.image_size, run_dir, results)
     print_what_to_try_next(results)
 
-
 # 8. Training on the images themselves: fine-tuning and augmentation ---------------------------
 FINE_TUNE_BATCH = 16  # images per batch when fine-tuning the base: below, why
 
 def train_on_images(model, base, splits, datasets, history, classes, args, run_dir, results):
     """The other half of transfer learning: the whole model trains on the images themselves.
     Augmentation shows new variants of each photo every epoch, and fine-tuning changes the base,
-    so an image's features change from epoch to epoch: the base runs on every image in every
-    epoch, far slower than the head alone, which is why this lesson comes after the first.
+    so the features change from epoch to epoch: the base runs on every image, every epoch.
 
     Fine-tuning unfreezes the base and nudges all its weights towards our classes. At each batch
     Keras computes the gradients (how much the loss would change as each weight changes), and
     the optimizer moves every weight a little against its gradient.
     - The learning rate is far below the head's, so that noisy gradients from a few thousand
       images cannot overwrite what ImageNet taught the base.
-    - It starts at zero, warms up, then decays to zero again: at full rate from the first step,
-      Adam moves every weight at once, and the model fell below the frozen one.
+    - It warms up from zero, then decays to zero: at full rate from the first step, Adam moved
+      every weight at once, and the model fell below the frozen one.
     - The base's BatchNorm layers rescale each layer's outputs by averages learned on ImageNet.
       build_model calls the base with training=False, which keeps those averages even now:
       updated from a few thousand images, they would wreck the features.
@@ -370,7 +368,6 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
     export_model(model, classes, splits["test"], test, args.image_size, run_dir, results)
     return model, test
 
-
 # 9. Reading the results: how sure, which mistakes, where it looks -----------------------------
 def read_the_results(model, test, split, classes, image_size, run_dir, results):
     """A test accuracy is a measurement on a few images: how far might it be off? Which images
@@ -381,11 +378,10 @@ def read_the_results(model, test, split, classes, image_size, run_dir, results):
     print(f"On other test images the accuracy would likely be between {low:.3f} and {high:.3f} "
           f"(a 95% interval), so two runs less than about {(high - low) / 2:.3f} apart are a tie.")
     results["test_accuracy_95"] = [low, high]
-    write_predictions(split, test["probabilities"], classes,
-                      os.path.join(run_dir, "predictions.csv"))
+    write_predictions(split, test["probabilities"], classes, f"{run_dir}/predictions.csv")
     images, labels, probabilities = examples(split, test["probabilities"], 8, image_size)
-    plot_where_it_looks(model, images, labels, probabilities, classes,
-                        os.path.join(run_dir, "where_it_looks.png"))
+    path = f"{run_dir}/where_it_looks.png"
+    plot_where_it_looks(model, images, labels, probabilities, classes, path)
 
 def accuracy_interval(predicted, labels, z=1.96):
     """Wilson's 95% interval around an accuracy measured on a few images."""
@@ -429,8 +425,7 @@ def plot_where_it_looks(model, images, labels, probabilities, classes, path):
 def occlusion_maps(model, images, grid=4):
     """[image, row, column]: how much each image's predicted-class probability drops when a grey
     patch hides that part of it (Zeiler and Fergus, 2014). Where it drops most is what the model
-    looks at: the animal, or the background? A coarse map from a classifier, not a detector: on
-    CIFAR's 32x32 images a patch is 8x8 original pixels."""
+    looks at: the animal, or the background? A coarse map: a patch is 8x8 of CIFAR's pixels."""
     patch, before = images.shape[1] // grid, model(images, training=False).numpy()
     maps = np.zeros((len(images), grid, grid), np.float32)
     for row in range(grid):
@@ -441,7 +436,6 @@ def occlusion_maps(model, images, grid=4):
             for i, predicted in enumerate(before.argmax(axis=1)):
                 maps[i, row, col] = before[i, predicted] - after[i, predicted]
     return maps
-
 
 # 10. The model at work: new photos, and a model for phones ------------------------------------
 def predict_photos(paths, run_dir):
@@ -485,7 +479,6 @@ def export_tflite(model, test, evaluated, image_size, run_dir, results):
           f"{sum(same)} of {len(same)} test images.")
     results["tflite_agreement"] = float(np.mean(same))
 
-
 # 11. What to try next -------------------------------------------------------------------------
 def print_what_to_try_next(results):
     print(f"""
@@ -502,10 +495,9 @@ What to try next:
 
 
 # ==============================================================================================
-# THE TUTORIAL ENDS HERE. Everything below is the appendix: machinery that makes the script a
-# robust tool (checks, plots' layout, speed-ups, folders of your own photos, the command line).
-# Nobody needs to read it to learn transfer learning; each piece is named where the lesson calls
-# it. A. The lesson's helpers. B. Speed-ups. C. Your own photos. D. The command line and main().
+# THE TUTORIAL ENDS HERE. Below is the appendix: machinery that makes the script a robust tool,
+# which nobody needs to read to learn transfer learning; the lesson names each piece it calls.
+# A. The lesson's helpers. B. Speed-ups. C. Your own photos. D. The command line and main().
 # ==============================================================================================
 
 # A. The lesson's helpers: the device, checks with clear errors, plots, progress ----------------
@@ -671,18 +663,17 @@ def show_progress(name, count):
             last.update(time=now, done=done)
     return tf.keras.callbacks.LambdaCallback(on_predict_batch_end=report)
 
-
 # B. Speed-ups: LiteRT for the feature pass on a CPU --------------------------------------------
 # MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is its native runtime:
 # on a CPU it runs the same network twice as fast as Keras, with the same features to float
 # rounding (2e-5). Converting takes a few seconds, so auto uses it from LITERT_MIN_IMAGES on.
-# TF_CPU_ALLOCATOR_USE_BFC (at the top) lets TensorFlow reuse a batch's memory for the next:
-# without it, feeding LiteRT batch by batch was 20% slower.
+# TF_CPU_ALLOCATOR_USE_BFC (at the top) reuses a batch's memory for the next: 20% faster here.
 try:  # LiteRT has no wheels for some platforms
     from ai_edge_litert.interpreter import Interpreter as LiteRT
 except ImportError:
     LiteRT = None
 LITERT_MIN_IMAGES = 1000
+
 def use_litert(args, splits, results):
     """--features-with, where auto is litert on a CPU with enough images to repay converting."""
     runtime, count = args.features_with, sum(len(y) for _, y, _ in splits.values())
@@ -717,12 +708,10 @@ def litert_extractor(extractor):
         return np.concatenate(features)
     return types.SimpleNamespace(predict=predict)
 
-
 # B. Speed-ups: features kept on disk ----------------------------------------------------------
 # The features are saved in a file named by a hash of all that shapes them: the module, the image
 # size and the images (CIFAR's pixels; each photo's path, size and time of last change). Change
-# any of those and the name changes, so they are computed afresh; change only the head's settings
-# and they are read back. The folder keeps the 20 files used last (5 KB per image each).
+# any of those and they are computed afresh. The folder keeps the 20 files used last.
 def feature_file(splits, args):
     """The file for these images' features; None with --no-cache."""
     if args.no_cache:
@@ -777,7 +766,6 @@ def keep_features(features, results):
         print(f"warning: cannot keep the features in {path} ({e.strerror}); the next run "
               "computes them again", file=sys.stderr)
 
-
 # C. Your own photos: class folders, a labels file, unreadable files, copies -------------------
 # Not tf.keras.utils.image_dataset_from_directory: it stops at the first broken file, shows phone
 # photos sideways, decodes a 12-megapixel JPEG in full, and splits only two ways, unstratified.
@@ -786,9 +774,8 @@ Image.MAX_IMAGE_PIXELS = None  # your own photos: no check against "decompressio
 
 def read_photo(path, image_size):
     """A photo's RGB pixels (uint8), upright as its EXIF orientation says (phones store portrait
-    shots sideways and tell viewers to turn them). A JPEG is decoded at the smallest of its
-    built-in scales (1/8, 1/4, 1/2, 1) that keeps image_size pixels on the short side: for a
-    12-megapixel photo, a fraction of the work of a full decode."""
+    shots sideways and tell viewers to turn them). A JPEG is decoded at the smallest of its scales
+    (1/8, 1/4, 1/2, 1) that keeps image_size pixels: a fraction of the work for 12 megapixels."""
     with Image.open(path) as photo:
         photo.draft("RGB", (image_size, image_size))
         photo = ImageOps.exif_transpose(photo)
@@ -813,9 +800,8 @@ def read_photo_op(paths, image_size):
     return read
 
 def is_plain_jpeg(path, image_size):
-    """A JPEG that needs none of read_photo's care: RGB or grey, not to be turned (no EXIF
-    orientation other than 1), and too small for draft() to decode it at a smaller scale. Pillow
-    reads only the file's header here: 12000 photos in half a second."""
+    """A JPEG that needs none of read_photo's care: RGB or grey, upright (EXIF orientation 1), too
+    small for draft() to help. Pillow reads only its header: 12000 photos in half a second."""
     with Image.open(path) as photo:
         return (photo.format == "JPEG" and photo.mode in ("RGB", "L")
                 and photo.getexif().get(ExifTags.Base.Orientation, 1) == 1
@@ -935,14 +921,13 @@ def is_readable(path):
 def warn_about_copies_across_splits(splits, results):
     """Copies of training photos among the validation or test photos flatter the accuracy. Only
     files as large as a training photo are read, and each at most once."""
-    by_size, digests, copies = {}, {}, []
+    by_size, copies = {}, []
     for path in splits["train"][0]:
         by_size.setdefault(os.path.getsize(path), []).append(path)
+    @functools.cache  # each file read once at most
     def digest(path):
-        if path not in digests:
-            with open(path, "rb") as f:
-                digests[path] = hashlib.file_digest(f, "sha256").digest()
-        return digests[path]
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").digest()
     for path in np.concatenate([splits["validation"][0], splits["test"][0]]):
         for twin in by_size.get(os.path.getsize(path), []):
             if digest(path) == digest(twin):
@@ -952,7 +937,6 @@ def warn_about_copies_across_splits(splits, results):
               f"which flatters the accuracy: {'; '.join(copies[:3])}"
               f"{'; ...' if len(copies) > 3 else ''} (all in metrics.json)", file=sys.stderr)
     results["copies_across_splits"] = copies
-
 
 # D. The command line, checks, the output folder, errors and main() -----------------------------
 def parse_args(argv=None):
@@ -982,11 +966,11 @@ def parse_args(argv=None):
     p.add_argument("--output-dir", help="folder for this run; none: a new runs/<date-time>")
     p.add_argument("--no-show", action="store_true", help="save the plots without showing them")
     p.add_argument("--seed", type=int, default=42, help="random seed for splits and training")
-    p.add_argument("--fine-tune-epochs", type=int, default=0,
-                   help="then unfreeze the base and train it all for this many epochs")
+    p.add_argument("--fine-tune-epochs", type=int, default=0, help="then unfreeze the base and "
+                   f"train it all for this many epochs, in batches of {FINE_TUNE_BATCH} (peak "
+                   "memory PEAK_FT GB, against PEAK_DEFAULT GB without)")
     p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4, help="its peak, for "
-                   f"batches of --batch-size; it fine-tunes in batches of {FINE_TUNE_BATCH}, at a "
-                   "rate scaled to match")
+                   "batches of --batch-size: scaled to fine-tuning's smaller ones")
     p.add_argument("--augment", action="store_true", help="train on randomly flipped, turned and "
                    "zoomed training images, after the head (slow: their features change)")
     p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")
@@ -1053,6 +1037,7 @@ def prepare_output_dir(output_dir):
         fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose a folder you can "
              "write to")
     return output_dir, work_dir
+
 def save_metrics(work_dir, args, results):
     """metrics.json: the results, every setting and version that shaped them, seconds per step."""
     seconds = {}
