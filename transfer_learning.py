@@ -304,8 +304,7 @@ def export_model(model, classes, test, evaluated, image_size, run_dir, results):
 # ==============================================================================================
 def run_extra_lessons(model, base, splits, datasets, history, test, classes, args, run_dir,
                       results):
-    """Lesson 8 runs if asked for (--fine-tune-epochs, --augment), 9 and 11 always, 10 with
-    --tflite (its other half, --predict, classifies photos with a saved run)."""
+    """Lesson 8 if asked for (--fine-tune-epochs, --augment), 9 and 11 always, 10 with --tflite."""
     if args.fine_tune_epochs or args.augment:
         model, test = train_on_images(model, base, splits, datasets, history, classes, args,
                                       run_dir, results)
@@ -513,7 +512,6 @@ def stored_image(x, image_size):
 STEPS = []  # (name, start time) of each step of the lesson, for metrics.json
 
 def step(name):
-    """Announce the next step of the lesson, and note when it starts."""
     print(f"\n== {name} ==")
     STEPS.append((name, time.perf_counter()))
 
@@ -521,8 +519,7 @@ def download_cifar10():
     try:
         return tf.keras.datasets.cifar10.load_data()
     except Exception as e:
-        fail(f"could not download CIFAR-10 ({type(e).__name__}); offline, use your own images: "
-             "--data-dir DIR")
+        fail(f"could not download CIFAR-10 ({type(e).__name__}); offline, use --data-dir DIR")
 
 def check_classes_can_be_split(splits, classes, args):
     """Each class needs a training image, and one for each split carved out of the training ones."""
@@ -912,8 +909,7 @@ def is_readable(path):
             if photo.format != "JPEG":
                 photo.load()
                 return True
-            # Pillow stops reading at the start of the compressed pixels: the marker must come
-            # after them, not in the header, where a phone's thumbnail has one of its own.
+            # after the compressed pixels, where Pillow stopped: a phone's thumbnail has one too
             return b"\xff\xd9" in photo.fp.read()
     except Exception:
         return False
@@ -940,8 +936,7 @@ def warn_about_copies_across_splits(splits, results):
 
 # D. The command line, checks, the output folder, errors and main() -----------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Train an image classifier on a frozen TF Hub "
-                                "MobileNetV2, then evaluate, plot and export it.",
+    p = argparse.ArgumentParser(description="Train an image classifier on a frozen MobileNetV2.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", help="your photos: DIR/<class>/*.jpg; or DIR/train/<class>/, "
                    "with DIR/validation/ (or val/, valid/) and DIR/test/; or DIR/labels.csv (file, "
@@ -968,7 +963,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42, help="random seed for splits and training")
     p.add_argument("--fine-tune-epochs", type=int, default=0, help="then unfreeze the base and "
                    f"train it all for this many epochs, in batches of {FINE_TUNE_BATCH} (peak "
-                   "memory PEAK_FT GB, against PEAK_DEFAULT GB without)")
+                   "memory about 3 GB, against 1.5 GB without)")
     p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4, help="its peak, for "
                    "batches of --batch-size: scaled to fine-tuning's smaller ones")
     p.add_argument("--augment", action="store_true", help="train on randomly flipped, turned and "
@@ -1025,8 +1020,7 @@ def prepare_output_dir(output_dir):
     if os.path.isfile(output_dir):
         fail(f"--output-dir {output_dir} is a file; give a folder name")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
-        fail(f"--output-dir {output_dir} already holds a run; choose a new folder so that it is "
-             "not overwritten")
+        fail(f"--output-dir {output_dir} already holds a run; choose a new folder to keep it")
     work_dir = output_dir.rstrip("/\\") + ".partial"
     try:
         os.makedirs(work_dir)
@@ -1055,9 +1049,8 @@ def main(argv=None):
     if args.predict:
         return predict_photos(args.predict, args.model_dir)
     if not issubclass(hub.KerasLayer, tf.keras.layers.Layer):  # a notebook imported TF first
-        fail("TensorFlow was imported with Keras 3 before this script could ask for Keras 2, which "
-             "TF Hub needs; run it in a fresh Python (restart the notebook's kernel), or set "
-             "TF_USE_LEGACY_KERAS=1 first")
+        fail("TensorFlow was imported with Keras 3 before this script could ask for Keras 2 (TF "
+             "Hub needs it): restart the notebook's kernel, or set TF_USE_LEGACY_KERAS=1 first")
     if args.no_show:
         plt.switch_backend("Agg")
     tf.keras.utils.set_random_seed(args.seed)
