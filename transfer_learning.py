@@ -7,18 +7,20 @@ Then we test it honestly, see where it looks and what it gets wrong, and export 
     python transfer_learning.py  [--max-images 300: a quick look]  [--help: every option]
     python transfer_learning.py --data-dir DIR    your photos: DIR/cat/*.jpg, DIR/dog/*.jpg, ...
     python transfer_learning.py --predict photo.jpg --model-dir runs/<date-time>    new photos
-On a laptop CPU a first run takes a minute or two. Untrained, the head is right about half the
-time (chance, for two classes); trained, about 79 times in 100 on new images, give or take 2.
+Set up once: pip install -r requirements.txt. On a laptop CPU a first run takes a minute or two;
+the head is right about 79 times in 100 on new images (untrained, half: chance for two classes).
+It writes runs/<date-time>/: data.png, history.png, predictions.png, where_it_looks.png,
+predictions.csv, metrics.json, model/. The data flow, for N images of the network's size:
+images (N, 224, 224, 3) -> frozen base -> features (N, 1280) -> head -> probabilities (N, 2).
 
 How to read it: the lesson, steps 1 to 7, fills the first 300 lines; extra lessons 8 to 11
-follow. Then a banner says the tutorial ends: below it is the appendix, machinery that makes the
-script a robust tool, which nobody needs to read to learn transfer learning.
+follow; after a banner, the appendix: machinery that nobody needs to read to learn.
 """
 import argparse, functools, hashlib, json, platform, shutil, signal, time, types  # appendix
 import csv, os, sys, tempfile  # for the lesson
 
-# TF Hub's layers need Keras 2 (tf-keras), picked as TensorFlow loads. The other two lines are
-# set-up, safe to skip: fewer start-up messages; memory reused between batches.
+# TF Hub's layers need Keras 2 (the tf-keras package), not TensorFlow's newer default, Keras 3;
+# TensorFlow picks one as it loads. The rest of this block is set-up to skip.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
@@ -43,8 +45,7 @@ def run_lesson(args, run_dir, results):
     default 10 epochs, batches of 64, learning rate 0.001, dropout 0.2), seeded the random numbers
     and made run_dir; results collects what main() then writes to metrics.json."""
     print(f"Running on the {device()}.")  # device() (appendix A): GPU if TensorFlow finds one
-    # step() prints a step's title. It is in appendix A: each call of a helper kept there says so.
-    step("1. Data")
+    step("1. Data")  # prints the title (appendix A; each call of a helper there says so)
     splits, classes = load_data(args, results)
     datasets = {}  # tf.data pipelines that read and resize each split's images as needed
     for name, (x, y, _) in splits.items():
@@ -55,7 +56,9 @@ def run_lesson(args, run_dir, results):
     # The frozen base, and three models that share its layers: step 2 shows how.
     model, base, extractor, head = build_model(module, args.image_size, len(classes), args.dropout)
     step("3. Bottleneck features")  # the 1280 numbers the frozen base boils each image down to
-    features = compute_features(extractor, datasets, splits, args, results)
+    # The same numbers as compute_features(extractor, datasets, splits), below, only sooner: read
+    # back from disk if a run before computed them, else on a CPU from LiteRT (appendix B).
+    features = compute_features_sooner(extractor, datasets, splits, args, results)
     step("4. Training the head")
     history = train_head(head, features, splits, classes, args, results)
     step("5. Evaluation")
@@ -131,11 +134,10 @@ def scale_and_resize(images, image_size):
     image_size pixels square: MobileNetV2 learned on 224x224 photos. Upscaled, CIFAR's 32x32 images
     show it objects at a size it knows."""
     images = tf.image.convert_image_dtype(images, tf.float32)  # divides by 255
-    # Shrinking a photo needs antialias, which averages pixels instead of skipping most; enlarging
-    # CIFAR's images needs none, and is four times faster without. (In tf.data, "if" works too.)
-    if tf.reduce_max(tf.shape(images)[-3:-1]) > image_size:  # the longer side: height or width
+    height, width = tf.shape(images)[-3], tf.shape(images)[-2]  # images: [..., height, width, 3]
+    if height > image_size or width > image_size:  # shrinking: average pixels, not skip most
         images = tf.image.resize(images, (image_size, image_size), antialias=True)
-    else:
+    else:  # enlarging, as CIFAR's images: four times faster without antialias
         images = tf.image.resize(images, (image_size, image_size))
     return tf.clip_by_value(images, 0.0, 1.0)  # resizing can overshoot, to 1.0000002 say
 
@@ -163,13 +165,16 @@ def build_model(module, image_size, num_classes, dropout):
     output with weights, numbers it can learn; calling a layer on an input, as in drop(features),
     wires it in, and a Keras model runs the wired layers from its Input to its output. The three
     models call the same layer objects, so they share weights: when head learns, model does too.
-    model      images -> MobileNetV2 -> Dropout -> Dense: what we evaluate and export;
+    model      images -> MobileNetV2 -> Dropout -> Dense: what we export;
     extractor  images -> MobileNetV2 features: what runs once per image (step 3);
-    head       features -> Dropout -> Dense: what we train (step 4)."""
+    head       features -> Dropout -> Dense: what we train and test (steps 4, 5), the same
+               numbers as model gives for the images, without running the base again."""
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
-    features = base(images, training=False)  # always as when predicting: lesson 8 says why
+    # training=False, unlike trainable: run the base as when predicting, so that its BatchNorm
+    # layers (which rescale outputs by averages learned on ImageNet) keep ImageNet's averages.
+    features = base(images, training=False)
     # Dropout hides random features at each training step, so that the head cannot lean on a few
     # of them: a guard against overfitting, memorising the training images instead of learning.
     drop = tf.keras.layers.Dropout(dropout, name="dropout")
@@ -187,15 +192,8 @@ def build_model(module, image_size, num_classes, dropout):
 # The central idea. The "bottleneck" is the base's last layer: the 1280 numbers it boils an image
 # down to. Frozen, the base gives an image the same numbers every time, so we run it once per image
 # and train the head on the numbers: seconds per epoch instead of minutes.
-def compute_features(extractor, datasets, splits, args, results):
-    """{split: features}: each image through the frozen base once, one row of numbers per image.
-    Two speed-ups from appendix B, one line each, give the same numbers sooner."""
-    features = read_kept_features(splits, args, results)  # None if no run before computed them
-    if features is not None:
-        return features
-    if use_litert(args, splits, results):
-        # LiteRT, TensorFlow's runtime for phones, runs the same network twice as fast on a CPU
-        extractor = litert_extractor(extractor)  # an object whose predict() runs LiteRT
+def compute_features(extractor, datasets, splits):
+    """{split: features}: each image through the frozen base once, one row of numbers per image."""
     features = {}
     for name, images in datasets.items():
         progress = show_progress(name, len(splits[name][1]))  # prints images done (appendix A)
@@ -203,7 +201,6 @@ def compute_features(extractor, datasets, splits, args, results):
         print(f"{name:>10}: features of shape {features[name].shape}")
     print(f"Each image is now {features['train'].shape[1]} numbers, each telling how strongly a "
           "pattern MobileNetV2 learned to see (fur, an eye, a wheel...) shows in it.")
-    keep_features(features, results)  # on disk, for the next run
     return features
 
 # 4. Training the head -------------------------------------------------------------------------
@@ -283,7 +280,9 @@ def plot_results(histories, test, split, classes, image_size, run_dir):
 def export_model(model, classes, test, evaluated, image_size, run_dir, results):
     """model/: a SavedModel (TensorFlow's format for a model's functions and weights) with one
     function, serve(): it takes photos as they come, scales and resizes them as training did, and
-    returns a probability per class in labels.txt's order. The README shows it used anywhere."""
+    returns a probability per class in labels.txt's order. Any Python program can use it:
+        tf.saved_model.load("RUN/model").serve(pixels[None])  # pixels: uint8, [H, W, 3]
+    ([None] adds a first axis: a batch of one image.)"""
     archive = tf.keras.export.ExportArchive()
     archive.track(model)  # the archive saves the weights of what it tracks
     # An endpoint is a function the saved model offers; a TensorSpec, the shape and type of what
@@ -304,7 +303,8 @@ def export_model(model, classes, test, evaluated, image_size, run_dir, results):
 # ==============================================================================================
 def run_extra_lessons(model, base, splits, datasets, history, test, classes, args, run_dir,
                       results):
-    """Lesson 8 if asked for (--fine-tune-epochs, --augment), 9 and 11 always, 10 with --tflite."""
+    """Lesson 8 if asked for (--fine-tune-epochs, --augment), 9 and 11 always, 10 with --tflite;
+    the other half of lesson 10, --predict, runs instead of the lesson, on a saved run."""
     if args.fine_tune_epochs or args.augment:
         model, test = train_on_images(model, base, splits, datasets, history, classes, args,
                                       run_dir, results)
@@ -328,12 +328,11 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
       images cannot overwrite what ImageNet taught the base.
     - It warms up from zero, then decays to zero: at full rate from the first step, Adam moved
       every weight at once, and the model fell below the frozen one.
-    - The base's BatchNorm layers rescale each layer's outputs by averages learned on ImageNet.
-      build_model calls the base with training=False, which keeps those averages even now:
-      updated from a few thousand images, they would wreck the features.
+    - BatchNorm keeps ImageNet's averages even now (training=False, in step 2): updated from a
+      few thousand images, they would wreck the features.
     - If the head alone did better on the validation images, its weights come back."""
     step("8. Fine-tuning" if args.fine_tune_epochs else "8. Training on augmented images")
-    head_weights, head_test_accuracy = model.get_weights(), results["test_accuracy"]
+    frozen_weights, head_test_accuracy = model.get_weights(), results["test_accuracy"]  # all
     # To compute gradients for the base, training keeps every layer's outputs for each image of a
     # batch: 64 images of 224x224 took 6 GB. Fine-tuning takes batches of 16 (3 GB), at a learning
     # rate scaled down to match: smaller batches, noisier gradients, smaller steps.
@@ -357,7 +356,7 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
     more = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
     if min(more["val_loss"]) >= min(history["val_loss"]):
         print("The head alone did better on the validation images: its weights come back.")
-        model.set_weights(head_weights)
+        model.set_weights(frozen_weights)
     step("8. Evaluation, plots and export again")
     test = evaluate(model, datasets["test"], splits["test"], classes, results)
     print(f"Test accuracy: {head_test_accuracy:.4f} with the head alone, "
@@ -375,7 +374,8 @@ def read_the_results(model, test, split, classes, image_size, run_dir, results):
     labels, predicted = split[1], test["probabilities"].argmax(axis=1)
     low, high = accuracy_interval(predicted, labels)
     print(f"On other test images the accuracy would likely be between {low:.3f} and {high:.3f} "
-          f"(a 95% interval), so two runs less than about {(high - low) / 2:.3f} apart are a tie.")
+          f"(a 95% interval), so two runs less than about {(high - low) / 2:.3f} apart are a tie: "
+          "the same model, tested on other images, could score either.")
     results["test_accuracy_95"] = [low, high]
     write_predictions(split, test["probabilities"], classes, f"{run_dir}/predictions.csv")
     images, labels, probabilities = examples(split, test["probabilities"], 8, image_size)
@@ -383,7 +383,8 @@ def read_the_results(model, test, split, classes, image_size, run_dir, results):
     plot_where_it_looks(model, images, labels, probabilities, classes, path)
 
 def accuracy_interval(predicted, labels, z=1.96):
-    """Wilson's 95% interval around an accuracy measured on a few images."""
+    """Wilson's 95% interval around an accuracy measured on n images: where the accuracy on all
+    such images likely lies. It narrows as n grows, and stays within 0 and 1."""
     n, p = len(labels), np.mean(predicted == labels)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -410,11 +411,11 @@ def plot_where_it_looks(model, images, labels, probabilities, classes, path):
     fig, axes = plot_predictions(images, labels, probabilities, classes)
     # One scale for all, never finer than +-0.1: tiny, random changes stay pale, not alarming.
     limit = max(0.1, float(np.abs(maps).max()))
-    for ax, image, drop in zip(axes.flat, images, maps):
+    for ax, image, change in zip(axes.flat, images, maps):
         edge = image.shape[0] - 0.5
-        shown = ax.imshow(drop, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.5,
+        shown = ax.imshow(change, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.5,
                           extent=(-0.5, edge, edge, -0.5), interpolation="bilinear")
-        ax.set_title(f"{ax.get_title()}\nlargest drop {max(0.0, float(drop.max())):.2f}",
+        ax.set_title(f"{ax.get_title()}\nlargest drop {max(0.0, float(change.max())):.2f}",
                      color=ax.title.get_color(), fontsize=9)
     fig.colorbar(shown, ax=axes, shrink=0.7, label="drop in probability when that part is hidden")
     fig.suptitle("Where it looks: red where hiding a patch lowers the predicted class's "
@@ -450,13 +451,13 @@ def predict_photos(paths, run_dir):
             photos.append(path)
     for path in photos:
         try:
-            p = model.serve(read_photo(path, image_size)[None]).numpy()[0]  # as deployed
+            p = model.serve(read_photo(path, image_size)[None]).numpy()[0]  # [None]: a batch of 1
         except Exception as e:
             why = "no such file" if isinstance(e, FileNotFoundError) else "not a photo it can read"
             print(f"error: {path}: {why}; skipping it", file=sys.stderr)
             status = 2
             continue
-        best = np.argsort(p)[::-1][:1 if len(classes) == 2 else 3]
+        best = np.argsort(p)[::-1][:1 if len(classes) == 2 else 3]  # the likeliest 1 or 3
         print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in best))
     return status
 
@@ -661,15 +662,24 @@ def show_progress(name, count):
     return tf.keras.callbacks.LambdaCallback(on_predict_batch_end=report)
 
 # B. Speed-ups: LiteRT for the feature pass on a CPU --------------------------------------------
-# MobileNet was designed for phones, and LiteRT (formerly TensorFlow Lite) is its native runtime:
-# on a CPU it runs the same network twice as fast as Keras, with the same features to float
-# rounding (2e-5). Converting takes a few seconds, so auto uses it from LITERT_MIN_IMAGES on.
-# TF_CPU_ALLOCATOR_USE_BFC (at the top) reuses a batch's memory for the next: 20% faster here.
+# LiteRT's features equal Keras' to float rounding (2e-5). Converting takes seconds, so auto uses
+# it from LITERT_MIN_IMAGES on. TF_CPU_ALLOCATOR_USE_BFC (at the top) makes it 20% faster here.
 try:  # LiteRT has no wheels for some platforms
     from ai_edge_litert.interpreter import Interpreter as LiteRT
 except ImportError:
     LiteRT = None
 LITERT_MIN_IMAGES = 1000
+
+def compute_features_sooner(extractor, datasets, splits, args, results):
+    """compute_features, or the same numbers sooner: read back from disk, or computed by LiteRT,
+    TensorFlow's runtime for phones, which runs the network twice as fast on a CPU."""
+    features = read_kept_features(splits, args, results)  # None if no run before computed them
+    if features is None:
+        if use_litert(args, splits, results):
+            extractor = litert_extractor(extractor)  # an object whose predict() runs LiteRT
+        features = compute_features(extractor, datasets, splits)
+        keep_features(features, results)  # on disk, for the next run
+    return features
 
 def use_litert(args, splits, results):
     """--features-with, where auto is litert on a CPU with enough images to repay converting."""
@@ -683,8 +693,7 @@ def use_litert(args, splits, results):
     results["features_with"] = runtime
     return runtime == "litert"
 
-def litert_extractor(extractor):
-    """A stand-in for the extractor, whose predict() runs it converted for LiteRT."""
+def litert_extractor(extractor):  # a stand-in whose predict() runs the extractor in LiteRT
     spec = tf.TensorSpec(extractor.input_shape, tf.float32)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [tf.function(extractor).get_concrete_function(spec)], extractor)
@@ -709,8 +718,7 @@ def litert_extractor(extractor):
 # The features are saved in a file named by a hash of all that shapes them: the module, the image
 # size and the images (CIFAR's pixels; each photo's path, size and time of last change). Change
 # any of those and they are computed afresh. The folder keeps the 20 files used last.
-def feature_file(splits, args):
-    """The file for these images' features; None with --no-cache."""
+def feature_file(splits, args):  # None with --no-cache
     if args.no_cache:
         return None
     key = hashlib.sha256(f"{args.model_handle} {args.image_size}".encode())
@@ -724,8 +732,7 @@ def feature_file(splits, args):
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "transfer_learning", key.hexdigest() + ".npz")
 
-def read_kept_features(splits, args, results):
-    """The features an earlier run kept for the same images, module and size; else None."""
+def read_kept_features(splits, args, results):  # those an earlier run kept, or None
     path = results["features_file"] = feature_file(splits, args)
     results.update(features_from_cache=False, features_with=None)
     if path is None:
@@ -760,8 +767,7 @@ def keep_features(features, results):
         for old in sorted(kept, key=os.path.getmtime)[:-20]:
             os.remove(old)
     except OSError as e:
-        print(f"warning: cannot keep the features in {path} ({e.strerror}); the next run "
-              "computes them again", file=sys.stderr)
+        print(f"warning: cannot keep the features in {path} ({e.strerror})", file=sys.stderr)
 
 # C. Your own photos: class folders, a labels file, unreadable files, copies -------------------
 # Not tf.keras.utils.image_dataset_from_directory: it stops at the first broken file, shows phone
@@ -840,8 +846,7 @@ def visible(folder, wanted=os.path.isdir):
     return sorted(name for name in names if wanted(os.path.join(folder, name)))
 
 def find_split_folders(data_dir):
-    """{split: folder}: DIR/train/ and the other split folders there are, when DIR/train/ holds
-    class folders; else DIR itself holds the class folders."""
+    """{split: folder}: DIR/train/ and the other split folders, or DIR alone if it holds classes."""
     train = os.path.join(data_dir, "train")
     if not (os.path.isdir(train) and visible(train)):
         return {"train": data_dir}
@@ -901,8 +906,7 @@ def read_labels_csv(data_dir):
     return {"train": (paths, labels, paths)}, classes
 
 def is_readable(path):
-    """Cheaply: a JPEG's header and, after its compressed pixels, its end-of-image marker (a copy
-    cut short lacks it). Other formats, smaller or rare among photos, are decoded in full."""
+    """Cheaply: a JPEG's header and its end marker (a copy cut short lacks it); others decoded."""
     try:
         path.encode("utf-8")  # TensorFlow passes file names as UTF-8
         with Image.open(path) as photo:
@@ -915,8 +919,7 @@ def is_readable(path):
         return False
 
 def warn_about_copies_across_splits(splits, results):
-    """Copies of training photos among the validation or test photos flatter the accuracy. Only
-    files as large as a training photo are read, and each at most once."""
+    """Copies of training photos among the validation or test photos flatter the accuracy."""
     by_size, copies = {}, []
     for path in splits["train"][0]:
         by_size.setdefault(os.path.getsize(path), []).append(path)
@@ -975,8 +978,7 @@ def parse_args(argv=None):
     p.error = fail  # a mistyped flag gets the same one-line error as any other bad input
     return p.parse_args(argv)
 
-def fail(message):
-    """Bad input ends here: one line saying what is wrong and how to fix it."""
+def fail(message):  # bad input ends here: one line saying what is wrong and how to fix it
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -1028,8 +1030,7 @@ def prepare_output_dir(output_dir):
         fail(f"{work_dir} exists: another run is writing there, or one was killed; delete it or "
              "pick another --output-dir")
     except OSError as e:
-        fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose a folder you can "
-             "write to")
+        fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose another folder")
     return output_dir, work_dir
 
 def save_metrics(work_dir, args, results):
@@ -1079,8 +1080,7 @@ def main(argv=None):
     return status
 
 def leave_on_ctrl_c(work_dir, output_dir):
-    """Ctrl-C ends a run at once, wherever it lands (a KeyboardInterrupt raised inside TensorFlow
-    can be swallowed there, and training would go on). A saved run stays; an unfinished one goes."""
+    """Ctrl-C ends a run at once (TensorFlow can swallow a KeyboardInterrupt): a saved run stays."""
     sys.stdout.flush()
     if os.path.exists(os.path.join(output_dir, "metrics.json")):
         print(f"\nInterrupted; the run is saved in {output_dir}/", file=sys.stderr, flush=True)

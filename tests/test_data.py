@@ -367,3 +367,80 @@ def test_a_file_name_that_is_not_utf8_is_skipped_not_a_traceback(tmp_path):
     splits, _, results = load("--data-dir", tmp_path)
     assert sum(len(x) for x, _, _ in splits.values()) == 20
     assert len(results["skipped_files"]) == 1 and "caf\\xe9.png" in results["skipped_files"][0]
+
+
+# Reading and resizing photos: fast where it can be ---------------------------------------------
+
+def pipeline_images(paths, image_size):
+    """The images make_dataset gives for these files, as one numpy array."""
+    paths = np.array([str(path) for path in paths])
+    return np.concatenate([images.numpy() for images, _ in
+                           tl.make_dataset(paths, np.zeros(len(paths), int), image_size)])
+
+
+@pytest.mark.parametrize("source", ["arrays", "files"])
+def test_shrinking_an_image_antialiases_it(source, tmp_path):
+    """Black and white stripes 3 pixels wide, shrunk 8 times: antialiased, every pixel averages
+    several stripes, an even grey; without, the pixels it samples make stripes of their own."""
+    stripes = np.zeros((256, 256, 3), np.uint8)
+    stripes[:, np.arange(256) // 3 % 2 == 1] = 255
+    if source == "files":
+        Image.fromarray(stripes).save(tmp_path / "stripes.png")  # PNG: the stripes kept exactly
+        images = pipeline_images([tmp_path / "stripes.png"], 32)
+    else:
+        images = next(iter(tl.make_dataset(stripes[None], np.zeros(1, int), 32)))[0].numpy()
+    assert images.shape == (1, 32, 32, 3)
+    assert images.std() < 0.05, images[0, 0, :, 0]
+
+
+@pytest.mark.parametrize("source", ["arrays", "files"])
+def test_enlarging_cifar_sized_images_does_not_antialias(source, tmp_path):
+    """Enlarging needs no antialias, which costs 4 times as much: a plain resize, to the bit."""
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    if source == "files":
+        for i, image in enumerate(pixels):
+            (tmp_path / f"{i}.jpg").write_bytes(jpeg_bytes(image))
+        paths = [tmp_path / f"{i}.jpg" for i in range(4)]
+        images = pipeline_images(paths, 96)
+        pixels = np.stack([tl.read_photo(str(path), 96) for path in paths])
+    else:
+        images = next(iter(tl.make_dataset(pixels, np.zeros(4, int), 96)))[0].numpy()
+    plain = tf.image.resize(tf.image.convert_image_dtype(pixels, tf.float32), (96, 96)).numpy()
+    assert np.array_equal(images, plain), np.abs(images - plain).max()
+
+
+def test_a_sideways_phone_photo_comes_out_of_the_pipeline_upright(tmp_path):
+    upright = portrait()
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    (tmp_path / "sideways.jpg").write_bytes(jpeg_bytes(np.rot90(upright).copy(), quality=95,
+                                                       orientation=6))
+    assert not tl.is_plain_jpeg(str(tmp_path / "sideways.jpg"), 48)
+    read, expected = pipeline_images([tmp_path / "sideways.jpg", tmp_path / "upright.png"], 48)
+    assert np.abs(read - expected).mean() < 0.03
+
+
+def test_a_plain_jpeg_is_decoded_by_tensorflow_to_read_photos_pixels(tmp_path, monkeypatch):
+    """Small RGB and grey JPEGs skip Pillow (and Python) in the pipeline, with the same pixels."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "rgb.jpg").write_bytes(jpeg_bytes(rng.integers(0, 256, (40, 30, 3), np.uint8)))
+    Image.fromarray(rng.integers(0, 256, (30, 40), np.uint8)).save(tmp_path / "grey.jpg")
+    paths = [str(tmp_path / "rgb.jpg"), str(tmp_path / "grey.jpg")]
+    by_pillow = [tl.read_photo(path, 32) for path in paths]
+    assert all(tl.is_plain_jpeg(path, 32) for path in paths)
+    read = tl.read_photo_op(paths, 32)
+    for path, pixels in zip(paths, by_pillow):
+        assert np.array_equal(read(tf.constant(path), 0)[0].numpy(), pixels), path
+    monkeypatch.setattr(tl, "read_photo", lambda *args: pytest.fail("decoded by Pillow"))
+    assert pipeline_images(paths, 32).shape == (2, 32, 32, 3)
+
+
+def test_photos_that_need_pillow_are_not_plain_jpegs(tmp_path):
+    """Other formats, CMYK, and JPEGs large enough to decode at a smaller scale keep Pillow."""
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 80, 3), np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    Image.fromarray(pixels).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    (tmp_path / "photo.jpg").write_bytes(jpeg_bytes(pixels))
+    assert tl.is_plain_jpeg(str(tmp_path / "photo.jpg"), 33)
+    assert not tl.is_plain_jpeg(str(tmp_path / "photo.jpg"), 32)  # 64 high: decoded at 1/2
+    assert not tl.is_plain_jpeg(str(tmp_path / "photo.png"), 33)
+    assert not tl.is_plain_jpeg(str(tmp_path / "cmyk.jpg"), 33)
