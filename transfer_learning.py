@@ -227,9 +227,9 @@ def train_head(head, features, splits, classes, args, results):
     return history
 
 def compile_for_training(model, learning_rate):
-    """Adam nudges the weights to lower the loss, in steps as large as the learning rate. The loss,
-    sparse categorical cross-entropy, is the mean of -log(probability given to the true class): 0
-    when sure and right, large when sure and wrong. "Sparse": labels are numbers, not rows."""
+    """Adam nudges the weights to lower the loss, in steps as large as the learning rate. The loss
+    is the mean of -log(probability given to the true class): 0 when sure and right, large when
+    sure and wrong. "Sparse" cross-entropy: labels are class numbers, not one-hot rows ([1, 0])."""
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
@@ -332,7 +332,7 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
       few thousand images, they would wreck the features.
     - If the head alone did better on the validation images, its weights come back."""
     step("8. Fine-tuning" if args.fine_tune_epochs else "8. Training on augmented images")
-    frozen_weights, head_test_accuracy = model.get_weights(), results["test_accuracy"]  # all
+    weights_before, head_test_accuracy = model.get_weights(), results["test_accuracy"]
     # To compute gradients for the base, training keeps every layer's outputs for each image of a
     # batch: 64 images of 224x224 took 6 GB. Fine-tuning takes batches of 16 (3 GB), at a learning
     # rate scaled down to match: smaller batches, noisier gradients, smaller steps.
@@ -344,7 +344,7 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
                                        tf.keras.layers.RandomRotation(0.05),
                                        tf.keras.layers.RandomZoom(0.1)])
         images = images.map(lambda x, y: (augment(x, training=True), y))
-    learning_rate, epochs = args.learning_rate, args.epochs  # augmentation alone: the base frozen
+    learning_rate, epochs = args.learning_rate, args.epochs  # --augment alone: base frozen
     if args.fine_tune_epochs:
         base.trainable = True  # compile(), below, takes note of what is trainable
         epochs, steps = args.fine_tune_epochs, args.fine_tune_epochs * len(images)  # len: batches
@@ -356,7 +356,7 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
     more = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
     if min(more["val_loss"]) >= min(history["val_loss"]):
         print("The head alone did better on the validation images: its weights come back.")
-        model.set_weights(frozen_weights)
+        model.set_weights(weights_before)
     step("8. Evaluation, plots and export again")
     test = evaluate(model, datasets["test"], splits["test"], classes, results)
     print(f"Test accuracy: {head_test_accuracy:.4f} with the head alone, "
