@@ -8,9 +8,9 @@ Then we test it honestly, see where it looks and what it gets wrong, and export 
     python transfer_learning.py --data-dir DIR    your photos: DIR/cat/*.jpg, DIR/dog/*.jpg, ...
     python transfer_learning.py --predict photo.jpg --model-dir runs/<date-time>    new photos
 Set up once: pip install -r requirements.txt. On a laptop CPU a first run takes a minute or two;
-the head is right about 79 times in 100 on new images (untrained, half: chance for two classes).
-It writes runs/<date-time>/: data.png, history.png, predictions.png, where_it_looks.png,
-predictions.csv, metrics.json, model/. The data flow, for N images of the network's size:
+the head is right about 79 times in 100 on new images, against 50 (chance) before training.
+It writes runs/<date-time>/: data.png, history.png, confusion_matrix.png, predictions.png,
+where_it_looks.png, predictions.csv, metrics.json, model/ and labels.txt. The data flow:
 images (N, 224, 224, 3) -> frozen base -> features (N, 1280) -> head -> probabilities (N, 2).
 
 How to read it: the lesson, steps 1 to 7, fills the first 300 lines; extra lessons 8 to 11
@@ -41,9 +41,8 @@ CIFAR10_CAT, CIFAR10_DOG = 3, 5  # CIFAR-10's numbers for its cat and dog classe
 BATCH = 32  # images per batch when the network predicts (training batches: --batch-size)
 
 def run_lesson(args, run_dir, results):
-    """The lesson's table of contents. main(), at the end of the file, read the options (args; by
-    default 10 epochs, batches of 64, learning rate 0.001, dropout 0.2), seeded the random numbers
-    and made run_dir; results collects what main() then writes to metrics.json."""
+    """The lesson's table of contents. main(), at the end of the file, read the options (args),
+    seeded the random numbers and made run_dir; results collects what goes to metrics.json."""
     print(f"Running on the {device()}.")  # device() (appendix A): GPU if TensorFlow finds one
     step("1. Data")  # prints the title (appendix A; each call of a helper there says so)
     splits, classes = load_data(args, results)
@@ -56,9 +55,7 @@ def run_lesson(args, run_dir, results):
     # The frozen base, and three models that share its layers: step 2 shows how.
     model, base, extractor, head = build_model(module, args.image_size, len(classes), args.dropout)
     step("3. Bottleneck features")  # the 1280 numbers the frozen base boils each image down to
-    # The same numbers as compute_features(extractor, datasets, splits), below, only sooner: read
-    # back from disk if a run before computed them, else on a CPU from LiteRT (appendix B).
-    features = compute_features_sooner(extractor, datasets, splits, args, results)
+    features = compute_features(extractor, datasets, splits, args, results)
     step("4. Training the head")
     history = train_head(head, features, splits, classes, args, results)
     step("5. Evaluation")
@@ -134,11 +131,12 @@ def scale_and_resize(images, image_size):
     image_size pixels square: MobileNetV2 learned on 224x224 photos. Upscaled, CIFAR's 32x32 images
     show it objects at a size it knows."""
     images = tf.image.convert_image_dtype(images, tf.float32)  # divides by 255
-    height, width = tf.shape(images)[-3], tf.shape(images)[-2]  # images: [..., height, width, 3]
-    if height > image_size or width > image_size:  # shrinking: average pixels, not skip most
-        images = tf.image.resize(images, (image_size, image_size), antialias=True)
-    else:  # enlarging, as CIFAR's images: four times faster without antialias
-        images = tf.image.resize(images, (image_size, image_size))
+    size = (image_size, image_size)
+    shrinking = tf.reduce_max(tf.shape(images)[-3:-1]) > image_size  # [..., height, width, 3]
+    # tf.cond(condition, then, else): TensorFlow's "if", per image. Shrinking needs antialias,
+    # which averages pixels instead of skipping most; enlarging CIFAR's is 4x faster without.
+    images = tf.cond(shrinking, lambda: tf.image.resize(images, size, antialias=True),
+                     lambda: tf.image.resize(images, size))
     return tf.clip_by_value(images, 0.0, 1.0)  # resizing can overshoot, to 1.0000002 say
 
 def show_data(train, classes, size, path):
@@ -167,8 +165,7 @@ def build_model(module, image_size, num_classes, dropout):
     models call the same layer objects, so they share weights: when head learns, model does too.
     model      images -> MobileNetV2 -> Dropout -> Dense: what we export;
     extractor  images -> MobileNetV2 features: what runs once per image (step 3);
-    head       features -> Dropout -> Dense: what we train and test (steps 4, 5), the same
-               numbers as model gives for the images, without running the base again."""
+    head       features -> Dropout -> Dense: what we train and test: model's numbers, sooner."""
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
@@ -192,8 +189,12 @@ def build_model(module, image_size, num_classes, dropout):
 # The central idea. The "bottleneck" is the base's last layer: the 1280 numbers it boils an image
 # down to. Frozen, the base gives an image the same numbers every time, so we run it once per image
 # and train the head on the numbers: seconds per epoch instead of minutes.
-def compute_features(extractor, datasets, splits):
+def compute_features(extractor, datasets, splits, args, results):
     """{split: features}: each image through the frozen base once, one row of numbers per image."""
+    # Appendix B: an earlier run's features, from disk; else LiteRT, TF's phone runtime, 2x faster
+    features, extractor = kept_features_or_faster(extractor, splits, args, results)
+    if features is not None:
+        return features
     features = {}
     for name, images in datasets.items():
         progress = show_progress(name, len(splits[name][1]))  # prints images done (appendix A)
@@ -201,12 +202,12 @@ def compute_features(extractor, datasets, splits):
         print(f"{name:>10}: features of shape {features[name].shape}")
     print(f"Each image is now {features['train'].shape[1]} numbers, each telling how strongly a "
           "pattern MobileNetV2 learned to see (fur, an eye, a wheel...) shows in it.")
+    keep_features(features, results)  # on disk, for the next run (appendix B)
     return features
 
 # 4. Training the head -------------------------------------------------------------------------
 def train_head(head, features, splits, classes, args, results):
-    """The head learns the classes from the features in --epochs epochs (passes over all the
-    training features), each in shuffled batches of --batch-size."""
+    """The head learns the classes from the features: --epochs passes over them, shuffled."""
     training = tf.data.Dataset.from_tensor_slices((features["train"], splits["train"][1]))
     training = training.shuffle(len(features["train"]), seed=args.seed).batch(args.batch_size)
     validation = (features["validation"], splits["validation"][1])
@@ -425,7 +426,7 @@ def plot_where_it_looks(model, images, labels, probabilities, classes, path):
 def occlusion_maps(model, images, grid=4):
     """[image, row, column]: how much each image's predicted-class probability drops when a grey
     patch hides that part of it (Zeiler and Fergus, 2014). Where it drops most is what the model
-    looks at: the animal, or the background? A coarse map: a patch is 8x8 of CIFAR's pixels."""
+    looks at: the animal, or the background? A coarse map: on CIFAR, a patch is 8x8 pixels."""
     patch, before = images.shape[1] // grid, model(images, training=False).numpy()
     maps = np.zeros((len(images), grid, grid), np.float32)
     for row in range(grid):
@@ -670,16 +671,12 @@ except ImportError:
     LiteRT = None
 LITERT_MIN_IMAGES = 1000
 
-def compute_features_sooner(extractor, datasets, splits, args, results):
-    """compute_features, or the same numbers sooner: read back from disk, or computed by LiteRT,
-    TensorFlow's runtime for phones, which runs the network twice as fast on a CPU."""
-    features = read_kept_features(splits, args, results)  # None if no run before computed them
-    if features is None:
-        if use_litert(args, splits, results):
-            extractor = litert_extractor(extractor)  # an object whose predict() runs LiteRT
-        features = compute_features(extractor, datasets, splits)
-        keep_features(features, results)  # on disk, for the next run
-    return features
+def kept_features_or_faster(extractor, splits, args, results):
+    """(features an earlier run kept, or None; the extractor, or LiteRT's stand-in for it)."""
+    features = read_kept_features(splits, args, results)
+    if features is None and use_litert(args, splits, results):
+        extractor = litert_extractor(extractor)  # an object whose predict() runs LiteRT
+    return features, extractor
 
 def use_litert(args, splits, results):
     """--features-with, where auto is litert on a CPU with enough images to repay converting."""
@@ -793,12 +790,11 @@ def read_photo_op(paths, image_size):
     is_plain = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(list(paths), plain),
                                          default_value=False)
     def read(path, label):
-        if is_plain.lookup(path):  # in tf.data, TensorFlow makes this "if" a choice per photo
-            pixels = tf.io.decode_jpeg(tf.io.read_file(path), channels=3,
-                                       dct_method="INTEGER_ACCURATE")  # Pillow's arithmetic
-        else:
-            pixels = tf.numpy_function(lambda p: read_photo(p.decode(), image_size), [path],
-                                       tf.uint8)
+        by_tensorflow = lambda: tf.io.decode_jpeg(tf.io.read_file(path), channels=3,
+                                                  dct_method="INTEGER_ACCURATE")  # as Pillow
+        by_pillow = lambda: tf.numpy_function(lambda p: read_photo(p.decode(), image_size),
+                                              [path], tf.uint8)
+        pixels = tf.cond(is_plain.lookup(path), by_tensorflow, by_pillow)
         return tf.ensure_shape(pixels, [None, None, 3]), label
     return read
 
@@ -966,7 +962,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42, help="random seed for splits and training")
     p.add_argument("--fine-tune-epochs", type=int, default=0, help="then unfreeze the base and "
                    f"train it all for this many epochs, in batches of {FINE_TUNE_BATCH} (peak "
-                   "memory about 3 GB, against 1.5 GB without)")
+                   "memory about 3 GB, against 1.7 GB without)")
     p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4, help="its peak, for "
                    "batches of --batch-size: scaled to fine-tuning's smaller ones")
     p.add_argument("--augment", action="store_true", help="train on randomly flipped, turned and "
@@ -1057,7 +1053,7 @@ def main(argv=None):
     tf.keras.utils.set_random_seed(args.seed)
     output_dir, work_dir = prepare_output_dir(args.output_dir)
     results, status = {"output_dir": output_dir}, 0
-    STEPS.clear()  # main() may run more than once in one Python, as in the tests
+    STEPS.clear()  # main() may run more than once in one Python
     previous = signal.signal(signal.SIGINT, lambda *_: leave_on_ctrl_c(work_dir, output_dir))
     try:
         try:

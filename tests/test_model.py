@@ -61,7 +61,7 @@ def test_features_are_the_frozen_base_output_one_row_per_image(module32):
     datasets = {name: tl.make_dataset(x, y, 32) for name, (x, y, _) in splits.items()}
     args = tl.parse_args(["--features-with", "keras", "--no-cache", *FAST])
     results = {}
-    features = tl.compute_features_sooner(extractor, datasets, splits, args, results)
+    features = tl.compute_features(extractor, datasets, splits, args, results)
     for name, (x, _, _) in splits.items():
         assert features[name].shape == (len(x), extractor.output_shape[1])
         expected = extractor.predict(x.astype(np.float32) / 255, verbose=0)
