@@ -155,6 +155,13 @@ def test_examples_show_both_classes_right_and_wrong():
         (0, False), (1, False), (0, True), (1, True)}  # the first four: one of each
 
 
+
+def test_examples_show_the_mistakes_first():
+    """With three classes and room for four, the three mistakes come before any right answer."""
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    predicted = np.array([1, 0, 0, 1, 0, 1, 2, 2, 0])  # wrong: images 0, 4 and 8
+    assert tl.pick_examples(labels, predicted, 4)[:3] == [0, 4, 8]
+
 # The training history -------------------------------------------------------------------------
 
 def test_history_marks_the_kept_epoch_and_training_on_images_starts_there(tmp_path):
