@@ -786,15 +786,14 @@ def read_photo(path, image_size):
 def read_photo_op(paths, image_size):
     """read_photo for tf.data: (path, label) -> (pixels, label), on as many cores as there are.
     TensorFlow decodes a plain JPEG itself, to the same pixels, without Python's overhead."""
-    plain = [is_plain_jpeg(path, image_size) for path in paths]
-    is_plain = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(list(paths), plain),
-                                         default_value=False)
+    plain = {path.encode() for path in paths if is_plain_jpeg(path, image_size)}
     def read(path, label):
+        is_plain = tf.numpy_function(lambda p: np.asarray(p).item() in plain, [path], tf.bool)
         by_tensorflow = lambda: tf.io.decode_jpeg(tf.io.read_file(path), channels=3,
                                                   dct_method="INTEGER_ACCURATE")  # as Pillow
         by_pillow = lambda: tf.numpy_function(lambda p: read_photo(p.decode(), image_size),
                                               [path], tf.uint8)
-        pixels = tf.cond(is_plain.lookup(path), by_tensorflow, by_pillow)
+        pixels = tf.cond(tf.reshape(is_plain, []), by_tensorflow, by_pillow)
         return tf.ensure_shape(pixels, [None, None, 3]), label
     return read
 
