@@ -336,7 +336,7 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
     weights_before, head_test_accuracy = model.get_weights(), results["test_accuracy"]
     # To compute gradients for the base, training keeps every layer's outputs for each image of a
     # batch: 64 images of 224x224 took 6 GB. Fine-tuning takes batches of 16 (3 GB), at a learning
-    # rate scaled down to match: smaller batches, noisier gradients, smaller steps.
+    # rate times the square root of 16/64: smaller batches, noisier gradients, smaller steps.
     batch_size = min(FINE_TUNE_BATCH, args.batch_size) if args.fine_tune_epochs else args.batch_size
     x, y, _ = splits["train"]
     images = make_dataset(x, y, args.image_size, batch_size, shuffle_seed=args.seed)
@@ -351,7 +351,7 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
         epochs, steps = args.fine_tune_epochs, args.fine_tune_epochs * len(images)  # len: batches
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0,
-            warmup_target=args.fine_tune_learning_rate * batch_size / args.batch_size,
+            warmup_target=args.fine_tune_learning_rate * (batch_size / args.batch_size) ** 0.5,
             warmup_steps=steps // 10, decay_steps=steps - steps // 10)  # up, then down to 0
     compile_for_training(model, learning_rate)
     more = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
