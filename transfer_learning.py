@@ -13,10 +13,10 @@ It writes runs/<date-time>/: data.png, history.png, confusion_matrix.png, predic
 where_it_looks.png, predictions.csv, metrics.json, model/ and labels.txt. The data flow:
 images (N, 224, 224, 3) -> frozen base -> features (N, 1280) -> head -> probabilities (N, 2).
 
-How to read it: the lesson, steps 1 to 7, fills the first 300 lines; extra lessons 8 to 11
-follow; after a banner, the appendix: machinery that nobody needs to read to learn.
+How to read it: the lesson, steps 1 to 7, is lines 1-300; extra lessons 8 to 11, lines 300-500;
+after a banner, the appendix, lines 500-1100: machinery nobody needs to read to learn.
 """
-import argparse, functools, hashlib, json, platform, shutil, signal, time, types  # appendix
+import argparse, functools, hashlib, io, json, platform, shutil, signal, time, types  # appendix
 import csv, os, sys, tempfile  # for the lesson
 
 # TF Hub's layers need Keras 2 (the tf-keras package), not TensorFlow's newer default, Keras 3;
@@ -52,10 +52,15 @@ def run_lesson(args, run_dir, results):
     show_data(splits["train"], classes, args.image_size, os.path.join(run_dir, "data.png"))
     step("2. Model")
     module = load_module(args.model_handle, args.image_size)  # hub.load, and checks (appendix)
-    # The frozen base, and three models that share its layers: step 2 shows how.
+    # The base (a layer, frozen), and three models that share it and the head: step 2 shows how.
     model, base, extractor, head = build_model(module, args.image_size, len(classes), args.dropout)
     step("3. Bottleneck features")  # the 1280 numbers the frozen base boils each image down to
-    features = compute_features(extractor, datasets, splits, args, results)
+    features = read_kept_features(splits, args, results)  # an earlier run's, on disk (appendix B)
+    if features is None:
+        # The same numbers, 2x faster on a CPU: LiteRT, TensorFlow's phone runtime (appendix B)
+        extractor = faster_on_a_cpu(extractor, splits, args, results)
+        features = compute_features(extractor, datasets, splits)
+        keep_features(features, results)  # on disk, for the next run (appendix B)
     step("4. Training the head")
     history = train_head(head, features, splits, classes, args, results)
     step("5. Evaluation")
@@ -77,7 +82,7 @@ def load_data(args, results):
     else:
         splits, classes = load_cifar10_cats_and_dogs()
     check_classes_can_be_split(splits, classes, args)  # enough in every class? (appendix)
-    for name in ("validation", "test"):  # CIFAR-10 has no validation split: carve one out
+    for name in ("validation", "test"):  # CIFAR has no validation split; photos may have neither
         if name not in splits:
             splits["train"], splits[name] = carve(splits["train"], args.validation_split, args.seed)
     for name in ("train", "validation", "test"):
@@ -104,9 +109,8 @@ def load_cifar10_cats_and_dogs():
     return splits, ["cat", "dog"]
 
 def carve(split, fraction, seed):
-    """(rest, carved): the same fraction of every class carved out at random, at least one image
-    of each. "Stratified": every class keeps its share, however small. The same seed always
-    carves out the same images."""
+    """(rest, carved): the same fraction of each class (at least one image) carved out at random:
+    "stratified", every class keeps its share. The same seed always carves the same images."""
     labels, rng = split[1], np.random.default_rng(seed)
     carved = np.zeros(len(labels), dtype=bool)  # True: carved out
     for label in np.unique(labels):
@@ -118,7 +122,7 @@ def make_dataset(x, y, image_size, batch_size=BATCH, shuffle_seed=None):
     """Batches of (images, labels) from tf.data, which reads and resizes each image only when it is
     needed (12000 upscaled images would take 7 GB); prefetch readies the next batch meanwhile."""
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle_seed is not None:  # a new order every epoch, to train on images (lesson 8)
+    if shuffle_seed is not None:  # a new order every epoch, to train on the images (lesson 8)
         dataset = dataset.shuffle(len(y), seed=shuffle_seed)
     if isinstance(x[0], str):  # file paths: read_photo_op, in appendix C, reads the photos
         dataset = dataset.map(read_photo_op(x, image_size), num_parallel_calls=tf.data.AUTOTUNE)
@@ -165,12 +169,13 @@ def build_model(module, image_size, num_classes, dropout):
     models call the same layer objects, so they share weights: when head learns, model does too.
     model      images -> MobileNetV2 -> Dropout -> Dense: what we export;
     extractor  images -> MobileNetV2 features: what runs once per image (step 3);
-    head       features -> Dropout -> Dense: what we train and test: model's numbers, sooner."""
+    head       features -> Dropout -> Dense: what we train and test, on features computed once."""
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
-    # training=False, unlike trainable: run the base as when predicting, so that its BatchNorm
-    # layers (which rescale outputs by averages learned on ImageNet) keep ImageNet's averages.
+    # training=False: the base always runs as when predicting. Its BatchNorm layers (they rescale
+    # each layer's outputs by averages learned on ImageNet) then keep ImageNet's averages instead
+    # of measuring our batches: that matters once lesson 8 unfreezes the base.
     features = base(images, training=False)
     # Dropout hides random features at each training step, so that the head cannot lean on a few
     # of them: a guard against overfitting, memorising the training images instead of learning.
@@ -189,12 +194,8 @@ def build_model(module, image_size, num_classes, dropout):
 # The central idea. The "bottleneck" is the base's last layer: the 1280 numbers it boils an image
 # down to. Frozen, the base gives an image the same numbers every time, so we run it once per image
 # and train the head on the numbers: seconds per epoch instead of minutes.
-def compute_features(extractor, datasets, splits, args, results):
+def compute_features(extractor, datasets, splits):
     """{split: features}: each image through the frozen base once, one row of numbers per image."""
-    # Appendix B: an earlier run's features, from disk; else LiteRT, TF's phone runtime, 2x faster
-    features, extractor = kept_features_or_faster(extractor, splits, args, results)
-    if features is not None:
-        return features
     features = {}
     for name, images in datasets.items():
         progress = show_progress(name, len(splits[name][1]))  # prints images done (appendix A)
@@ -202,7 +203,6 @@ def compute_features(extractor, datasets, splits, args, results):
         print(f"{name:>10}: features of shape {features[name].shape}")
     print(f"Each image is now {features['train'].shape[1]} numbers, each telling how strongly a "
           "pattern MobileNetV2 learned to see (fur, an eye, a wheel...) shows in it.")
-    keep_features(features, results)  # on disk, for the next run (appendix B)
     return features
 
 # 4. Training the head -------------------------------------------------------------------------
@@ -236,9 +236,9 @@ def compile_for_training(model, learning_rate):
 
 def fit_keeping_the_best_epoch(model, training, validation, epochs):
     """model.fit for all the epochs, then back to the weights of the epoch with the lowest
-    validation loss (it rewards sure right answers and, unlike accuracy, rarely ties); never the
-    test images: they must stay unseen. The ModelCheckpoint callback saves the weights after each
-    epoch whose validation loss is the lowest so far; we load the last saved after training.
+    validation loss (lower the surer the right answers; unlike accuracy, it rarely ties), never
+    the test loss: test images stay unseen. The ModelCheckpoint callback saves the weights after
+    each epoch whose validation loss is the lowest so far; we load the last saved after training.
     Keras draws a progress bar on a terminal, and writes a line per epoch in a log (verbose=2)."""
     with tempfile.TemporaryDirectory() as folder:
         best = os.path.join(folder, "best.weights.h5")
@@ -271,7 +271,7 @@ def evaluate(model, inputs, test, classes, results):
 def plot_results(histories, test, split, classes, image_size, run_dir):
     """history.png: loss and accuracy per epoch (validation falling behind training: overfitting);
     confusion_matrix.png; predictions.png: 16 test images. The drawing is in appendix A."""
-    plot_history(histories, os.path.join(run_dir, "history.png"))  # histories: a list of phases
+    plot_history(histories, os.path.join(run_dir, "history.png"))  # the head's; lesson 8's too
     plot_confusion_matrix(test["confusion"], classes, os.path.join(run_dir, "confusion_matrix.png"))
     # examples (appendix A): 16 test images, right and wrong ones of every class, resized
     images, labels, probabilities = examples(split, test["probabilities"], 16, image_size)
@@ -305,7 +305,7 @@ def export_model(model, classes, test, evaluated, image_size, run_dir, results):
 def run_extra_lessons(model, base, splits, datasets, history, test, classes, args, run_dir,
                       results):
     """Lesson 8 if asked for (--fine-tune-epochs, --augment), 9 and 11 always, 10 with --tflite;
-    the other half of lesson 10, --predict, runs instead of the lesson, on a saved run."""
+    the other half of lesson 10, --predict, is run by main() on a saved run, with no training."""
     if args.fine_tune_epochs or args.augment:
         model, test = train_on_images(model, base, splits, datasets, history, classes, args,
                                       run_dir, results)
@@ -318,25 +318,25 @@ def run_extra_lessons(model, base, splits, datasets, history, test, classes, arg
 FINE_TUNE_BATCH = 16  # images per batch when fine-tuning the base: below, why
 
 def train_on_images(model, base, splits, datasets, history, classes, args, run_dir, results):
-    """The other half of transfer learning: the whole model trains on the images themselves.
-    Augmentation shows new variants of each photo every epoch, and fine-tuning changes the base,
-    so the features change from epoch to epoch: the base runs on every image, every epoch.
+    """The other half of transfer learning: the model trains on the images themselves, not on
+    features computed once. Augmentation shows new variants of each photo every epoch, and
+    fine-tuning changes the base, so the base must run on every image, every epoch.
 
     Fine-tuning unfreezes the base and nudges all its weights towards our classes. At each batch
     Keras computes the gradients (how much the loss would change as each weight changes), and
     the optimizer moves every weight a little against its gradient.
     - The learning rate is far below the head's, so that noisy gradients from a few thousand
       images cannot overwrite what ImageNet taught the base.
-    - It warms up from zero, then decays to zero: at full rate from the first step, Adam moved
-      every weight at once, and the model fell below the frozen one.
+    - It warms up from zero, then decays to zero: at full rate from the first step, Adam moves
+      every weight at once, and the model falls below the frozen one (we tried).
     - BatchNorm keeps ImageNet's averages even now (training=False, in step 2): updated from a
       few thousand images, they would wreck the features.
     - If the head alone did better on the validation images, its weights come back."""
     step("8. Fine-tuning" if args.fine_tune_epochs else "8. Training on augmented images")
     weights_before, head_test_accuracy = model.get_weights(), results["test_accuracy"]
     # To compute gradients for the base, training keeps every layer's outputs for each image of a
-    # batch: 64 images of 224x224 took 6 GB. Fine-tuning takes batches of 16 (3 GB), at a learning
-    # rate times the square root of 16/64: smaller batches, noisier gradients, smaller steps.
+    # batch: 64 images of 224x224 (--batch-size's default) took 6 GB. Fine-tuning takes batches of
+    # 16 (3 GB), noisier, so smaller steps: the rate times sqrt(16 / 64), that is 0.5.
     batch_size = min(FINE_TUNE_BATCH, args.batch_size) if args.fine_tune_epochs else args.batch_size
     x, y, _ = splits["train"]
     images = make_dataset(x, y, args.image_size, batch_size, shuffle_seed=args.seed)
@@ -348,11 +348,13 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
     learning_rate, epochs = args.learning_rate, args.epochs  # --augment alone: base frozen
     if args.fine_tune_epochs:
         base.trainable = True  # compile(), below, takes note of what is trainable
-        epochs, steps = args.fine_tune_epochs, args.fine_tune_epochs * len(images)  # len: batches
+        epochs = args.fine_tune_epochs
+        peak = args.fine_tune_learning_rate * (batch_size / args.batch_size) ** 0.5  # x0.5: above
+        steps = epochs * len(images)  # len(images): batches per epoch; a step: one batch
+        # From 0 up to the peak over the first tenth of the steps, then down to 0 along a cosine
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0,
-            warmup_target=args.fine_tune_learning_rate * (batch_size / args.batch_size) ** 0.5,
-            warmup_steps=steps // 10, decay_steps=steps - steps // 10)  # up, then down to 0
+            initial_learning_rate=0.0, warmup_target=peak, warmup_steps=steps // 10,
+            decay_steps=steps - steps // 10)
     compile_for_training(model, learning_rate)
     more = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
     if min(more["val_loss"]) >= min(history["val_loss"]):
@@ -384,8 +386,9 @@ def read_the_results(model, test, split, classes, image_size, run_dir, results):
     plot_where_it_looks(model, images, labels, probabilities, classes, path)
 
 def accuracy_interval(predicted, labels, z=1.96):
-    """Wilson's 95% interval around an accuracy measured on n images: where the accuracy on all
-    such images likely lies. It narrows as n grows, and stays within 0 and 1."""
+    """Wilson's 95% interval for an accuracy p measured on n images: where the accuracy on all such
+    images likely lies. Roughly p +- 1.96 * sqrt(p * (1 - p) / n), as p varies from one set of n
+    images to another; Wilson's form also holds for small n and stays within 0 and 1."""
     n, p = len(labels), np.mean(predicted == labels)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -426,7 +429,7 @@ def plot_where_it_looks(model, images, labels, probabilities, classes, path):
 def occlusion_maps(model, images, grid=4):
     """[image, row, column]: how much each image's predicted-class probability drops when a grey
     patch hides that part of it (Zeiler and Fergus, 2014). Where it drops most is what the model
-    looks at: the animal, or the background? A coarse map: on CIFAR, a patch is 8x8 pixels."""
+    looks at: the animal, or the background? A coarse map: a patch is 1/4 of the side."""
     patch, before = images.shape[1] // grid, model(images, training=False).numpy()
     maps = np.zeros((len(images), grid, grid), np.float32)
     for row in range(grid):
@@ -447,7 +450,7 @@ def predict_photos(paths, run_dir):
     for path in paths:
         if os.path.isdir(path):  # the photos in a folder; its other files are left alone
             inside = [os.path.join(path, name) for name in visible(path, os.path.isfile)]
-            photos += [photo for photo in inside if is_readable(photo)]
+            photos += [photo for photo in inside if check_photo(photo)]
         else:
             photos.append(path)
     for path in photos:
@@ -469,16 +472,17 @@ def export_tflite(model, test, evaluated, image_size, run_dir, results):
     tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     with open(os.path.join(run_dir, "model.tflite"), "wb") as f:
         f.write(tflite)
-    interpreter = LiteRT or tf.lite.Interpreter  # TensorFlow's own, where LiteRT is not installed
+    interpreter = LiteRT or tf.lite.Interpreter  # LiteRT: imported in appendix B, if installed
     run = interpreter(model_content=tflite).get_signature_runner()  # the model as a function
-    same = []
-    for x, p in zip(test[0][:8], evaluated["probabilities"]):
-        image = scale_and_resize(stored_image(x, image_size), image_size)[None]
-        output = run(images=image)  # named after the model's Input and its last layer
-        same.append(output["classifier"].argmax() == p.argmax())
+    same, largest = [], 0.0  # examples (appendix A): 8 test images, as the network gets them
+    images, _, probabilities = examples(test, evaluated["probabilities"], 8, image_size)
+    for image, p in zip(images, probabilities):
+        output = run(images=image[None])["classifier"][0]  # named after the model's last layer
+        same.append(output.argmax() == p.argmax())
+        largest = max(largest, float(np.abs(output - p).max()))
     print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, the same class as the trained model for "
-          f"{sum(same)} of {len(same)} test images.")
-    results["tflite_agreement"] = float(np.mean(same))
+          f"{sum(same)} of {len(same)} test images, probabilities within {largest:.1e}.")
+    results.update(tflite_agreement=float(np.mean(same)), tflite_largest_difference=largest)
 
 # 11. What to try next -------------------------------------------------------------------------
 def print_what_to_try_next(results):
@@ -671,12 +675,9 @@ except ImportError:
     LiteRT = None
 LITERT_MIN_IMAGES = 1000
 
-def kept_features_or_faster(extractor, splits, args, results):
-    """(features an earlier run kept, or None; the extractor, or LiteRT's stand-in for it)."""
-    features = read_kept_features(splits, args, results)
-    if features is None and use_litert(args, splits, results):
-        extractor = litert_extractor(extractor)  # an object whose predict() runs LiteRT
-    return features, extractor
+def faster_on_a_cpu(extractor, splits, args, results):
+    """The extractor, or LiteRT's stand-in for it: an object whose predict() runs LiteRT."""
+    return litert_extractor(extractor) if use_litert(args, splits, results) else extractor
 
 def use_litert(args, splits, results):
     """--features-with, where auto is litert on a CPU with enough images to repay converting."""
@@ -698,9 +699,11 @@ def litert_extractor(extractor):  # a stand-in whose predict() runs the extracto
     interpreter = LiteRT(model_content=converter.convert(), num_threads=os.cpu_count())
     images_in = interpreter.get_input_details()[0]["index"]
     features_out = interpreter.get_output_details()[0]["index"]
+    steady = tf.data.Options()
+    steady.autotune.enabled = False  # with it, the end of a pass stalled 40 s, one run in two
     def predict(images, verbose=0, callbacks=()):
         features = []
-        for k, (batch, _) in enumerate(images):
+        for k, (batch, _) in enumerate(images.with_options(steady)):
             interpreter.resize_tensor_input(images_in, batch.shape)
             interpreter.allocate_tensors()
             interpreter.set_tensor(images_in, batch.numpy())
@@ -798,12 +801,9 @@ def read_photo_op(paths, image_size):
     return read
 
 def is_plain_jpeg(path, image_size):
-    """A JPEG that needs none of read_photo's care: RGB or grey, upright (EXIF orientation 1), too
-    small for draft() to help. Pillow reads only its header: 12000 photos in half a second."""
-    with Image.open(path) as photo:
-        return (photo.format == "JPEG" and photo.mode in ("RGB", "L")
-                and photo.getexif().get(ExifTags.Base.Orientation, 1) == 1
-                and min(photo.size) < 2 * image_size)
+    """A JPEG that needs none of read_photo's care: RGB or grey, upright, too small for draft()."""
+    photo = check_photo(path)
+    return photo.plain_jpeg and photo.smaller_side < 2 * image_size
 
 def load_photos(data_dir, results):
     """Your photos' paths and labels, from class folders or labels.csv; unreadable files out."""
@@ -818,8 +818,9 @@ def load_photos(data_dir, results):
         check_classes(folders["train"], classes)
         splits = {split: list_files(folder, classes) for split, folder in folders.items()}
     skipped = []
+    check_photo.cache_clear()  # the photos may have changed since an earlier run in this Python
     for split, (x, _, _) in splits.items():
-        readable = np.array([is_readable(path) for path in x], dtype=bool)
+        readable = np.array([check_photo(path) is not None for path in x], dtype=bool)
         splits[split] = subset(splits[split], readable)
         skipped += [os.fsencode(path).decode(errors="backslashreplace") for path in x[~readable]]
     for label in set(range(len(classes))) - set(splits["train"][1]):
@@ -900,32 +901,34 @@ def read_labels_csv(data_dir):
     labels = np.array([classes.index(name) for name in found.values()], dtype=np.int64)
     return {"train": (paths, labels, paths)}, classes
 
-def is_readable(path):
-    """Cheaply: a JPEG's header and its end marker (a copy cut short lacks it); others decoded."""
+@functools.cache  # one read of each file, whoever asks
+def check_photo(path):
+    """None if not an image it can read; else its fingerprint (a hash of its bytes: copies share it)
+    and what is_plain_jpeg needs. Of a JPEG, Pillow reads only the header: 60000 in two seconds."""
     try:
         path.encode("utf-8")  # TensorFlow passes file names as UTF-8
-        with Image.open(path) as photo:
+        with open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as photo:
             if photo.format != "JPEG":
                 photo.load()
-                return True
-            # after the compressed pixels, where Pillow stopped: a phone's thumbnail has one too
-            return b"\xff\xd9" in photo.fp.read()
+            # A copy cut short lacks the end marker. Look after the header, where Pillow stopped:
+            # a phone's thumbnail, inside the header, has a marker of its own.
+            elif data.find(b"\xff\xd9", photo.fp.tell()) < 0:
+                return None
+            plain = (photo.format == "JPEG" and photo.mode in ("RGB", "L")
+                     and photo.getexif().get(ExifTags.Base.Orientation, 1) == 1)
+            return types.SimpleNamespace(fingerprint=hashlib.sha256(data).digest(),
+                                         plain_jpeg=plain, smaller_side=min(photo.size))
     except Exception:
-        return False
+        return None
 
 def warn_about_copies_across_splits(splits, results):
     """Copies of training photos among the validation or test photos flatter the accuracy."""
-    by_size, copies = {}, []
-    for path in splits["train"][0]:
-        by_size.setdefault(os.path.getsize(path), []).append(path)
-    @functools.cache  # each file read once at most
-    def digest(path):
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").digest()
-    for path in np.concatenate([splits["validation"][0], splits["test"][0]]):
-        for twin in by_size.get(os.path.getsize(path), []):
-            if digest(path) == digest(twin):
-                copies.append(f"{path} = {twin}")
+    training = {check_photo(path).fingerprint: path for path in splits["train"][0]}
+    others = np.concatenate([splits["validation"][0], splits["test"][0]])
+    copies = [f"{path} = {training[check_photo(path).fingerprint]}" for path in others
+              if check_photo(path).fingerprint in training]
     if copies:
         print(f"warning: {len(copies)} validation or test photo(s) are copies of training photos, "
               f"which flatters the accuracy: {'; '.join(copies[:3])}"

@@ -305,7 +305,7 @@ def test_the_readability_check_reads_a_jpeg_header_without_decoding_it(tmp_path,
     load_pixels = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load",
                         lambda self: decoded.append(self.filename) or load_pixels(self))
-    assert tl.is_readable(str(tmp_path / "whole.jpg")) and not tl.is_readable(str(tmp_path / "cut.jpg"))
+    assert tl.check_photo(str(tmp_path / "whole.jpg")) and not tl.check_photo(str(tmp_path / "cut.jpg"))
     assert decoded == []
 
 
@@ -324,8 +324,17 @@ def test_a_phone_photo_cut_short_is_unreadable_though_its_exif_thumbnail_ends(tm
     data = phone_jpeg_bytes(np.random.default_rng(0).integers(0, 256, (200, 300, 3), np.uint8))
     (tmp_path / "whole.jpg").write_bytes(data)
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 6 // 10])
-    assert tl.is_readable(str(tmp_path / "whole.jpg"))
-    assert not tl.is_readable(str(tmp_path / "cut.jpg"))
+    assert tl.check_photo(str(tmp_path / "whole.jpg"))
+    assert not tl.check_photo(str(tmp_path / "cut.jpg"))
+
+
+def test_a_photo_cut_short_after_a_run_in_the_same_python_is_skipped_in_the_next(tmp_path):
+    """Each photo is read once a run: a notebook that runs the script again reads it afresh."""
+    write_colour_images(tmp_path, COLOURS, 6, jpeg=True)
+    assert load("--data-dir", tmp_path)[2]["skipped_files"] == []
+    photo = tmp_path / "dog" / "003.jpg"
+    photo.write_bytes(photo.read_bytes()[:300])
+    assert load("--data-dir", tmp_path)[2]["skipped_files"] == [str(photo)]
 
 
 def test_copies_across_splits_are_named_in_one_warning(tmp_path, capfd):

@@ -59,14 +59,11 @@ def test_features_are_the_frozen_base_output_one_row_per_image(module32):
     splits = {"train": colour_split(70, 1), "validation": colour_split(20, 2),
               "test": colour_split(33, 3)}
     datasets = {name: tl.make_dataset(x, y, 32) for name, (x, y, _) in splits.items()}
-    args = tl.parse_args(["--features-with", "keras", "--no-cache", *FAST])
-    results = {}
-    features = tl.compute_features(extractor, datasets, splits, args, results)
+    features = tl.compute_features(extractor, datasets, splits)
     for name, (x, _, _) in splits.items():
         assert features[name].shape == (len(x), extractor.output_shape[1])
         expected = extractor.predict(x.astype(np.float32) / 255, verbose=0)
         np.testing.assert_allclose(features[name], expected, atol=1e-5)
-    assert results["features_with"] == "keras" and results["features_from_cache"] is False
 
 
 def test_progress_written_to_a_log_is_a_line_a_tenth_ending_with_all_images(module32, capsys):
