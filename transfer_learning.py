@@ -2,7 +2,7 @@
 
 MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. Kept "frozen", that is
 unchanged, it turns each image into 1280 numbers, its "features"; a small new "head" (Dropout,
-then Dense) learns your classes from them in seconds: CIFAR-10's cats and dogs, or your photos.
+then Dense) learns your classes from them: CIFAR-10's cats and dogs, or your own photos.
 Then we test it honestly, see where it looks and what it gets wrong, and export it. Run it:
     python transfer_learning.py  [--max-images 300: a quick look]  [--help: every option]
     python transfer_learning.py --data-dir DIR    your photos: DIR/cat/*.jpg, DIR/dog/*.jpg, ...
@@ -41,8 +41,8 @@ CIFAR10_CAT, CIFAR10_DOG = 3, 5  # CIFAR-10's numbers for its cat and dog classe
 BATCH = 32  # images per batch when the network predicts (training batches: --batch-size)
 
 def run_lesson(args, run_dir, results):
-    """The lesson's table of contents. main(), at the end of the file, read the options (args),
-    seeded the random numbers and made run_dir; results collects what goes to metrics.json."""
+    """The lesson's table of contents. args holds the options (--help lists them and defaults: 10
+    epochs, batches of 64, ...); run_dir is this run's folder; results goes to metrics.json."""
     print(f"Running on the {device()}.")  # device() (appendix A): GPU if TensorFlow finds one
     step("1. Data")  # prints the title (appendix A; each call of a helper there says so)
     splits, classes = load_data(args, results)
@@ -88,7 +88,7 @@ def load_data(args, results):
     for name in ("train", "validation", "test"):
         if args.max_images and len(splits[name][1]) > args.max_images:  # a quick run: a sample
             fraction = args.max_images / len(splits[name][1])
-            unused, splits[name] = carve(splits[name], fraction, args.seed)
+            unused, splits[name] = carve(splits[name], fraction, args.seed)  # keep the carved
         y = splits[name][1]
         counts = [f"{np.sum(y == label)} {c}" for label, c in enumerate(classes)]
         print(f"{name:>10}: {len(y):5d} images ({', '.join(counts)})")
