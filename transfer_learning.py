@@ -2,102 +2,116 @@
 
 MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. Kept "frozen", that is
 unchanged, it turns each image into 1280 numbers, its "features"; a small new "head" (Dropout,
-then Dense) learns your classes from them: CIFAR-10's cats and dogs, or your own photos.
-Then we test it honestly, see where it looks and what it gets wrong, and export it. Run it:
-    python transfer_learning.py  [--max-images 300: a quick look]  [--help: every option]
-    python transfer_learning.py --data-dir DIR    your photos: DIR/cat/*.jpg, DIR/dog/*.jpg, ...
-    python transfer_learning.py --predict photo.jpg --model-dir runs/<date-time>    new photos
-Set up once: pip install -r requirements.txt. On a laptop CPU a first run takes a minute or two;
-the head is right about 79 times in 100 on new images, against 50 (chance) before training.
-It writes runs/<date-time>/: data.png, history.png, confusion_matrix.png, predictions.png,
-where_it_looks.png, predictions.csv, metrics.json, model/ and labels.txt. The data flow:
+then Dense) learns your classes from them: CIFAR-10's cats and dogs, or your own photos. Then we
+test it honestly, see where it looks and what it gets wrong, and export it. The data flow:
 images (N, 224, 224, 3) -> frozen base -> features (N, 1280) -> head -> probabilities (N, 2).
-
-How to read it: the lesson, steps 1 to 7, is lines 1-300; extra lessons 8 to 11, lines 300-500;
-after a banner, the appendix, lines 500-1100: machinery nobody needs to read to learn.
+    python transfer_learning.py  [--max-images 300: a quick look]  [--help: every setting]
+    python transfer_learning.py --data-dir DIR    your photos: DIR/cat/*.jpg, DIR/dog/*.jpg, ...
+    %run transfer_learning.py --max-images 300    in a notebook: each picture as it is made
+Set up: pip install -r requirements.txt. A first run takes a minute or two on a laptop CPU; the
+head is right about 79 times in 100 on new images (chance: 50). It writes runs/<date-time>/.
+Read it from the top: the settings, run_lesson() (the contents), steps 1-7, extra lessons 8-11;
+after a banner, an appendix of machinery that makes it a robust tool, not needed to learn.
 """
-import argparse, functools, hashlib, io, json, platform, shutil, signal, time, types  # appendix
-import csv, os, sys, tempfile  # for the lesson
+import argparse, csv, dataclasses, functools, hashlib, io, json, os, platform, shlex, shutil
+import signal, sys, tempfile, time, traceback, types
 
-# TF Hub's layers need Keras 2 (the tf-keras package), not TensorFlow's newer default, Keras 3;
-# TensorFlow picks one as it loads. The rest of this block is set-up to skip.
+# Set before TensorFlow loads. TF Hub's layers need Keras 2 (tf-keras), not TensorFlow's Keras 3.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-try:
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no screenfuls of start-up messages
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # a CPU feature pass 20% faster
+stderr = os.dup(2)  # in a notebook, TensorFlow's loading messages ("no cuda drivers") go nowhere
+if "ipykernel" in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+try:  # Ctrl-C in the seconds TensorFlow takes to load: stop quietly, as at any other time
     import matplotlib.pyplot as plt
     import numpy as np
     import tensorflow as tf
     import tensorflow_hub as hub
     from PIL import ExifTags, Image, ImageOps
-except KeyboardInterrupt:  # Ctrl-C in the seconds TensorFlow takes to load: stop, quietly
-    print("Interrupted.", file=sys.stderr)
+    tf.config.list_physical_devices("GPU")  # looks for CUDA, with messages of its own
+except KeyboardInterrupt:
     sys.exit(130)
-
+finally:
+    os.dup2(stderr, 2)
 # The TF Hub "handle" (address) of the "module" (a saved network) we start from: MobileNetV2
 # trained on ImageNet, as a feature vector: 224x224 images in [0, 1] in, 1280 numbers out.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 CIFAR10_CAT, CIFAR10_DOG = 3, 5  # CIFAR-10's numbers for its cat and dog classes
-BATCH = 32  # images per batch when the network predicts (training batches: --batch-size)
+BATCH = 32  # images per batch when the network predicts (training batches: batch_size)
 
-def run_lesson(args, run_dir, results):
-    """The lesson's table of contents. args holds the options (--help lists them and defaults: 10
-    epochs, batches of 64, ...); run_dir is this run's folder; results goes to metrics.json."""
+def setting(default, why, **flag):  # a setting's default, and why, for Settings and --help
+    return dataclasses.field(default=default, metadata=dict(help=why, **flag))
+
+@dataclasses.dataclass
+class Settings:
+    """Every setting, its default and why. Each is a flag too: --data-dir photos/, --epochs 20."""
+    data_dir: str = setting(None, "your photos, DIR/<class>/*.jpg (appendix C); none: CIFAR-10")
+    max_images: int = setting(None, "about this many images per split, for a quick look; none: all")
+    validation_split: float = setting(0.1, "each class's share held out to validate (and test)")
+    model_handle: str = setting(DEFAULT_HANDLE, "TF Hub URL or folder of the base's SavedModel")
+    image_size: int = setting(224, "pixels per side the base takes: 224 for MobileNetV2")
+    dropout: float = setting(0.2, "share of the features hidden at each training step (step 2)")
+    epochs: int = setting(10, "passes over the training features; the best one is kept")
+    batch_size: int = setting(64, "images per training step; the head learns from their average")
+    learning_rate: float = setting(1e-3, "how far each step moves the head's weights")
+    seed: int = setting(42, "random seed for the splits and training: the same run twice")
+    fine_tune_epochs: int = setting(0, "lesson 8: then train the whole network (3 GB of memory)")
+    fine_tune_learning_rate: float = setting(1e-4, "lesson 8: its peak, for batches of batch_size")
+    augment: bool = setting(False, "lesson 8: train on flipped, turned and zoomed images (slow)")
+    tflite: bool = setting(False, "lesson 10: also export model.tflite, for phones")
+    predict: str = setting(None, "lesson 10: classify photos with --model-dir's", nargs="+")
+    model_dir: str = setting(None, "lesson 10: the folder of an earlier run, for --predict")
+    output_dir: str = setting(None, "folder for this run; none: a new runs/<date-time>")
+    no_show: bool = setting(False, "save the pictures without showing them")
+    no_cache: bool = setting(False, "compute the features afresh, and keep none (appendix B)")
+    features_with: str = setting("auto", "keras, litert, or auto: litert on a CPU (appendix B)",
+                                 choices=["auto", "keras", "litert"])
+
+def run_lesson(s, run_dir, results):
+    """The table of contents: a function per step, defined below in this order. s: the settings;
+    run_dir: this run's folder; results: what the steps measured, for metrics.json (main())."""
     print(f"Running on the {device()}.")  # device() (appendix A): GPU if TensorFlow finds one
     step("1. Data")  # prints the title (appendix A; each call of a helper there says so)
-    splits, classes = load_data(args, results)
+    splits, classes = load_photos(s, results) if s.data_dir else load_cifar10_cats_and_dogs()
+    splits = carve_missing_splits(splits, s.validation_split, s.seed)
+    splits = sample(splits, s.max_images, s.seed)  # --max-images: a quick look (appendix A)
+    results.update(classes=classes, **count_images(splits, classes))  # per class (appendix A)
+    if s.data_dir:  # copies of training photos among the test photos flatter it (appendix C)
+        results["copies_across_splits"] = find_copies_across_splits(splits)
     datasets = {}  # tf.data pipelines that read and resize each split's images as needed
     for name, (x, y, _) in splits.items():
-        datasets[name] = make_dataset(x, y, args.image_size)
-    show_data(splits["train"], classes, args.image_size, os.path.join(run_dir, "data.png"))
+        datasets[name] = make_dataset(x, y, s.image_size)
+    show_data(splits["train"], classes, s.image_size, os.path.join(run_dir, "data.png"))
     step("2. Model")
-    module = load_module(args.model_handle, args.image_size)  # hub.load, and checks (appendix)
-    # The base (a layer, frozen), and three models that share it and the head: step 2 shows how.
-    model, base, extractor, head = build_model(module, args.image_size, len(classes), args.dropout)
+    module = load_module(s.model_handle, s.image_size)  # hub.load, with checks (appendix A)
+    model, extractor, head = build_model(module, s.image_size, len(classes), s.dropout)
     step("3. Bottleneck features")  # the 1280 numbers the frozen base boils each image down to
-    features = read_kept_features(splits, args, results)  # an earlier run's, on disk (appendix B)
-    if features is None:
-        # The same numbers, 2x faster on a CPU: LiteRT, TensorFlow's phone runtime (appendix B)
-        extractor = faster_on_a_cpu(extractor, splits, args, results)
-        features = compute_features(extractor, datasets, splits)
-        keep_features(features, results)  # on disk, for the next run (appendix B)
+    # compute_features, just below; with_speed_ups: the same numbers sooner (appendix B)
+    features = with_speed_ups(compute_features, extractor, datasets, splits, s, results)
     step("4. Training the head")
-    history = train_head(head, features, splits, classes, args, results)
+    history, measured = train_head(head, features, splits, len(classes), s)
+    results.update(measured)
     step("5. Evaluation")
-    test = evaluate(head, features["test"], splits["test"], classes, results)
+    test, measured = evaluate(head, features["test"], splits["test"], classes)
+    results.update(measured)
     step("6. Plots")
-    plot_results([history], test, splits["test"], classes, args.image_size, run_dir)
+    plot_results([history], test, splits["test"], classes, s.image_size, run_dir)
     step("7. Export")
-    export_model(model, classes, splits["test"], test, args.image_size, run_dir, results)
-    run_extra_lessons(model, base, splits, datasets, history, test, classes, args, run_dir, results)
+    results["export_check"] = export_model(model, classes, splits["test"], test, s.image_size,
+                                           run_dir)
+    if s.fine_tune_epochs or s.augment:  # the extra lessons, 8 to 11, follow step 7
+        model, test = train_on_images(model, history, test, splits, datasets, classes, s,
+                                      run_dir, results)
+    results.update(read_the_results(model, test, splits["test"], classes, s.image_size, run_dir))
+    if s.tflite:
+        results.update(export_tflite(model, splits["test"], test, s.image_size, run_dir))
+    print_what_to_try_next(s, results["output_dir"])
 
 # 1. Data --------------------------------------------------------------------------------------
 # Three splits: training images teach the head; validation images pick the best epoch (one pass
 # over all training images); test images, unseen until step 5, say how it does on new photos. A
-# split is (x, y, names): the images (pixels or file paths), class numbers (0 = cat) and names.
-def load_data(args, results):
-    """Training, validation and test splits, and the class names."""
-    if args.data_dir is not None:  # your own photos, read by load_photos in appendix C
-        splits, classes = load_photos(args.data_dir, results)
-    else:
-        splits, classes = load_cifar10_cats_and_dogs()
-    check_classes_can_be_split(splits, classes, args)  # enough in every class? (appendix)
-    for name in ("validation", "test"):  # CIFAR has no validation split; photos may have neither
-        if name not in splits:
-            splits["train"], splits[name] = carve(splits["train"], args.validation_split, args.seed)
-    for name in ("train", "validation", "test"):
-        if args.max_images and len(splits[name][1]) > args.max_images:  # a quick run: a sample
-            fraction = args.max_images / len(splits[name][1])
-            unused, splits[name] = carve(splits[name], fraction, args.seed)  # keep the carved
-        y = splits[name][1]
-        counts = [f"{np.sum(y == label)} {c}" for label, c in enumerate(classes)]
-        print(f"{name:>10}: {len(y):5d} images ({', '.join(counts)})")
-        results[f"num_{name}"] = len(y)
-    if args.data_dir is not None:  # copies across splits flatter the accuracy (appendix C)
-        warn_about_copies_across_splits(splits, results)
-    results.update(classes=classes, data=args.data_dir or "CIFAR-10")
-    return {name: splits[name] for name in ("train", "validation", "test")}, classes
-
+# split is (x, y, names): the images (pixels, or a photo's file), class numbers (0 = cat), names.
 def load_cifar10_cats_and_dogs():
     """CIFAR-10's 32x32 photos of cats and dogs: 10000 for training, 2000 for testing."""
     splits = {}
@@ -108,15 +122,24 @@ def load_cifar10_cats_and_dogs():
         splits[name] = (x[keep], (y[keep] == CIFAR10_DOG).astype(np.int64), names)  # dog: 1
     return splits, ["cat", "dog"]
 
-def carve(split, fraction, seed):
-    """(rest, carved): the same fraction of each class (at least one image) carved out at random:
-    "stratified", every class keeps its share. The same seed always carves the same images."""
+def carve_missing_splits(splits, fraction, seed):
+    """CIFAR-10 has no validation split: each split missing is carved out of the training images."""
+    missing = [name for name in ("validation", "test") if name not in splits]
+    splits["train"], *carved = carve(splits["train"], fraction, seed, parts=len(missing))
+    splits.update(zip(missing, carved))
+    return {name: splits[name] for name in ("train", "validation", "test")}
+
+def carve(split, fraction, seed, parts=1):
+    """[rest, part 1, ...]: each part gets the fraction of each class (at least one image), at
+    random: "stratified", every class keeps its share. The same seed carves the same images."""
     labels, rng = split[1], np.random.default_rng(seed)
-    carved = np.zeros(len(labels), dtype=bool)  # True: carved out
+    part = np.zeros(len(labels), dtype=int)  # 0: the rest; 1, 2, ...: carved into that part
     for label in np.unique(labels):
         of_class = rng.permutation(np.flatnonzero(labels == label))  # this class's, shuffled
-        carved[of_class[:max(1, round(len(of_class) * fraction))]] = True
-    return subset(split, ~carved), subset(split, carved)  # ~: not; subset: in appendix A
+        size = max(1, round(len(of_class) * fraction))
+        for k in range(1, parts + 1):
+            part[of_class[(k - 1) * size:k * size]] = k
+    return [subset(split, part == k) for k in range(parts + 1)]  # subset: in appendix A
 
 def make_dataset(x, y, image_size, batch_size=BATCH, shuffle_seed=None):
     """Batches of (images, labels) from tf.data, which reads and resizes each image only when it is
@@ -124,23 +147,17 @@ def make_dataset(x, y, image_size, batch_size=BATCH, shuffle_seed=None):
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:  # a new order every epoch, to train on the images (lesson 8)
         dataset = dataset.shuffle(len(y), seed=shuffle_seed)
-    if isinstance(x[0], str):  # file paths: read_photo_op, in appendix C, reads the photos
-        dataset = dataset.map(read_photo_op(x, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(read_if_photos(x, image_size))  # photos: from their files (appendix C)
     dataset = dataset.map(lambda image, label: (scale_and_resize(image, image_size), label),
                           num_parallel_calls=tf.data.AUTOTUNE)  # AUTOTUNE: on as many cores
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 def scale_and_resize(images, image_size):
-    """Pixels from 0-255 integers to floats in [0, 1], as TF Hub's image modules take them, and
-    image_size pixels square: MobileNetV2 learned on 224x224 photos. Upscaled, CIFAR's 32x32 images
-    show it objects at a size it knows."""
+    """Pixels from 0-255 to [0, 1], as TF Hub's image modules take them, and image_size square:
+    MobileNetV2 learned on 224x224 photos; upscaled, CIFAR's show it objects at a size it knows."""
     images = tf.image.convert_image_dtype(images, tf.float32)  # divides by 255
-    size = (image_size, image_size)
-    shrinking = tf.reduce_max(tf.shape(images)[-3:-1]) > image_size  # [..., height, width, 3]
-    # tf.cond(condition, then, else): TensorFlow's "if", per image. Shrinking needs antialias,
-    # which averages pixels instead of skipping most; enlarging CIFAR's is 4x faster without.
-    images = tf.cond(shrinking, lambda: tf.image.resize(images, size, antialias=True),
-                     lambda: tf.image.resize(images, size))
+    # antialias=True: a photo shrunk averages its pixels instead of skipping most of them
+    images = tf.image.resize(images, (image_size, image_size), antialias=True)
     return tf.clip_by_value(images, 0.0, 1.0)  # resizing can overshoot, to 1.0000002 say
 
 def show_data(train, classes, size, path):
@@ -157,7 +174,7 @@ def show_data(train, classes, size, path):
             axes[label, 2 * k].set_title(f"{classes[label]}: {stored.shape[1]}x{stored.shape[0]}")
             axes[label, 2 * k + 1].imshow(received)
             axes[label, 2 * k + 1].set_title(f"as the network gets it: {size}x{size}")
-    fig.savefig(path)
+    save_and_show(fig, path)  # and shown now in a notebook, at the end in a window (appendix A)
     print(f"The network gets batches of shape {(BATCH, *received.shape)}: images, height, width, "
           f"colours; each value from 0 (black) to 1 (white), here {received.max():.2f} at most.")
 
@@ -173,10 +190,7 @@ def build_model(module, image_size, num_classes, dropout):
     images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
-    # training=False: the base always runs as when predicting. Its BatchNorm layers (they rescale
-    # each layer's outputs by averages learned on ImageNet) then keep ImageNet's averages instead
-    # of measuring our batches: that matters once lesson 8 unfreezes the base.
-    features = base(images, training=False)
+    features = base(images)
     # Dropout hides random features at each training step, so that the head cannot lean on a few
     # of them: a guard against overfitting, memorising the training images instead of learning.
     drop = tf.keras.layers.Dropout(dropout, name="dropout")
@@ -188,7 +202,7 @@ def build_model(module, image_size, num_classes, dropout):
     feature_input = tf.keras.Input(shape=features.shape[1:], name="features")
     head = tf.keras.Model(feature_input, classify(drop(feature_input)), name="head")
     model.summary()  # millions of frozen weights, a few thousand trainable ones on top
-    return model, base, extractor, head
+    return model, extractor, head
 
 # 3. Bottleneck features -----------------------------------------------------------------------
 # The central idea. The "bottleneck" is the base's last layer: the 1280 numbers it boils an image
@@ -206,26 +220,18 @@ def compute_features(extractor, datasets, splits):
     return features
 
 # 4. Training the head -------------------------------------------------------------------------
-def train_head(head, features, splits, classes, args, results):
-    """The head learns the classes from the features: --epochs passes over them, shuffled."""
+def train_head(head, features, splits, num_classes, s):
+    """The head learns the classes from the features: s.epochs passes over them, shuffled."""
     training = tf.data.Dataset.from_tensor_slices((features["train"], splits["train"][1]))
-    training = training.shuffle(len(features["train"]), seed=args.seed).batch(args.batch_size)
+    training = training.shuffle(len(features["train"]), seed=s.seed).batch(s.batch_size)
     validation = (features["validation"], splits["validation"][1])
-    compile_for_training(head, args.learning_rate)  # how the head learns, and its loss: below
+    compile_for_training(head, s.learning_rate)  # how the head learns, and its loss: below
     before = head.evaluate(*validation, verbose=0, return_dict=True)["accuracy"]
-    print(f"Validation accuracy before training: {before:.3f} (chance: {1 / len(classes):.3f}).\n"
-          "Each epoch: loss and accuracy on the training features, then the same on validation.")
-    # Keras prints one line per epoch, e.g. "141/141 - 1s - loss: 0.47 - accuracy: 0.78 - val_loss:
-    # 0.45 - val_accuracy: 0.80" (batches, seconds, then the four numbers).
-    history = fit_keeping_the_best_epoch(head, training, validation, args.epochs)
-    kept = int(np.argmin(history["val_loss"]))
-    train_accuracy, val_accuracy = history["accuracy"][kept], history["val_accuracy"][kept]
-    print(f"Kept epoch {kept + 1}: training accuracy {train_accuracy:.3f}, validation "
-          f"{val_accuracy:.3f}. Training far above validation would be overfitting. Training can "
-          "also be below: Keras measures it while dropout is hiding features.")
-    results.update(accuracy_before_training=before, kept_epoch=kept + 1,
-                   train_accuracy=train_accuracy, val_accuracy=val_accuracy)
-    return history
+    print(f"Validation accuracy before training: {before:.3f} (chance: {1 / num_classes:.3f}).\n"
+          "Each epoch: batches, seconds, loss and accuracy on the training features, then the "
+          "same on validation (val_).")
+    history, kept = fit_keeping_the_best_epoch(head, training, validation, s.epochs)
+    return history, dict(accuracy_before_training=before, **kept)
 
 def compile_for_training(model, learning_rate):
     """Adam nudges the weights to lower the loss, in steps as large as the learning rate. The loss
@@ -235,22 +241,27 @@ def compile_for_training(model, learning_rate):
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 def fit_keeping_the_best_epoch(model, training, validation, epochs):
-    """model.fit for all the epochs, then back to the weights of the epoch with the lowest
-    validation loss (lower the surer the right answers; unlike accuracy, it rarely ties), never
-    the test loss: test images stay unseen. The ModelCheckpoint callback saves the weights after
-    each epoch whose validation loss is the lowest so far; we load the last saved after training.
-    Keras draws a progress bar on a terminal, and writes a line per epoch in a log (verbose=2)."""
+    """model.fit, then back to the epoch with the lowest validation loss (lower the surer the right
+    answers; unlike accuracy, it rarely ties), never the test loss: test images stay unseen. The
+    ModelCheckpoint callback saves the weights of each epoch better than all before; we load the
+    last saved. Returns the history (a list per metric, one number per epoch), the kept epoch's."""
     with tempfile.TemporaryDirectory() as folder:
         best = os.path.join(folder, "best.weights.h5")
         save_best = tf.keras.callbacks.ModelCheckpoint(best, monitor="val_loss",
                                                        save_best_only=True, save_weights_only=True)
+        # verbose: a progress bar on a terminal; a line per epoch in a log or a notebook
         history = model.fit(training, validation_data=validation, epochs=epochs,
-                            callbacks=[save_best], verbose=1 if sys.stdout.isatty() else 2)
+                            callbacks=[save_best], verbose=1 if sys.stdout.isatty() else 2).history
         model.load_weights(best)
-    return history.history
+    kept = int(np.argmin(history["val_loss"]))  # argmin: where the lowest value is
+    print(f"Kept epoch {kept + 1}: training accuracy {history['accuracy'][kept]:.3f}, validation "
+          f"{history['val_accuracy'][kept]:.3f}. Training far above validation would be "
+          "overfitting; below, it is measured while dropout hides features.")
+    return history, dict(kept_epoch=kept + 1, train_accuracy=history["accuracy"][kept],
+                         val_accuracy=history["val_accuracy"][kept])
 
 # 5. Evaluation --------------------------------------------------------------------------------
-def evaluate(model, inputs, test, classes, results):
+def evaluate(model, inputs, test, classes):
     """Accuracy and loss on the test images, per class, and which classes are taken for which."""
     probabilities = model.predict(inputs, verbose=0)
     labels, predicted = test[1], probabilities.argmax(axis=1)
@@ -263,9 +274,9 @@ def evaluate(model, inputs, test, classes, results):
         per_class[name] = float(confusion[label, label] / max(1, confusion[label].sum()))
         print(f"{name:>10}: {per_class[name]:.3f} of {confusion[label].sum()} right")
     print(f"Confusion matrix (rows: true class, columns: predicted):\n{confusion}")
-    results.update(test_accuracy=float(accuracy), test_loss=loss, per_class_accuracy=per_class,
-                   confusion_matrix=confusion.tolist())
-    return dict(probabilities=probabilities, confusion=confusion)
+    measured = dict(test_accuracy=float(accuracy), test_loss=loss, per_class_accuracy=per_class,
+                    confusion_matrix=confusion.tolist())
+    return dict(probabilities=probabilities, confusion=confusion), measured
 
 # 6. Plots -------------------------------------------------------------------------------------
 def plot_results(histories, test, split, classes, image_size, run_dir):
@@ -278,46 +289,30 @@ def plot_results(histories, test, split, classes, image_size, run_dir):
     plot_predictions(images, labels, probabilities, classes, f"{run_dir}/predictions.png")
 
 # 7. Export ------------------------------------------------------------------------------------
-def export_model(model, classes, test, evaluated, image_size, run_dir, results):
-    """model/: a SavedModel (TensorFlow's format for a model's functions and weights) with one
-    function, serve(): it takes photos as they come, scales and resizes them as training did, and
-    returns a probability per class in labels.txt's order. Any Python program can use it:
-        tf.saved_model.load("RUN/model").serve(pixels[None])  # pixels: uint8, [H, W, 3]
-    ([None] adds a first axis: a batch of one image.)"""
+def export_model(model, classes, test, evaluated, image_size, run_dir):
+    """model/: a SavedModel (TensorFlow's format for a model's functions and weights) whose serve()
+    takes photos as they come, scales and resizes them as training did, and returns a probability
+    per class in labels.txt's order. Lesson 10's --predict uses it; so can any Python program."""
     archive = tf.keras.export.ExportArchive()
     archive.track(model)  # the archive saves the weights of what it tracks
-    # An endpoint is a function the saved model offers; a TensorSpec, the shape and type of what
-    # it takes: here any number of photos of any height and width, RGB values from 0 to 255.
-    photos = tf.TensorSpec([None, None, None, 3], tf.uint8)
+    # An endpoint is a function the saved model offers; a TensorSpec, the shape and type it takes.
+    photos = tf.TensorSpec([None, None, None, 3], tf.uint8)  # any number, any size, RGB 0-255
     archive.add_endpoint("serve", lambda images: model(scale_and_resize(images, image_size)),
                          [photos])
-    tf.keras.utils.disable_interactive_logging()  # else it lists every weight
-    archive.write_out(os.path.join(run_dir, "model"))
-    tf.keras.utils.enable_interactive_logging()
+    write_quietly(archive, os.path.join(run_dir, "model"))  # write_out, without its log (app. A)
     with open(os.path.join(run_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(name + "\n" for name in classes))
-    # check_export (appendix A): model/, reloaded, must give 8 test images the same probabilities
-    check_export(run_dir, test, evaluated["probabilities"], image_size, results)
+    # check_export (appendix A): does model/, reloaded, give 8 test images the same probabilities?
+    return check_export(run_dir, test, evaluated["probabilities"], image_size)
 
 # ==============================================================================================
 # The lesson, steps 1 to 7, ends here. Extra lessons 8 to 11 follow; then the tutorial ends.
 # ==============================================================================================
-def run_extra_lessons(model, base, splits, datasets, history, test, classes, args, run_dir,
-                      results):
-    """Lesson 8 if asked for (--fine-tune-epochs, --augment), 9 and 11 always, 10 with --tflite;
-    the other half of lesson 10, --predict, is run by main() on a saved run, with no training."""
-    if args.fine_tune_epochs or args.augment:
-        model, test = train_on_images(model, base, splits, datasets, history, classes, args,
-                                      run_dir, results)
-    read_the_results(model, test, splits["test"], classes, args.image_size, run_dir, results)
-    if args.tflite:
-        export_tflite(model, splits["test"], test, args.image_size, run_dir, results)
-    print_what_to_try_next(results)
 
 # 8. Training on the images themselves: fine-tuning and augmentation ---------------------------
 FINE_TUNE_BATCH = 16  # images per batch when fine-tuning the base: below, why
 
-def train_on_images(model, base, splits, datasets, history, classes, args, run_dir, results):
+def train_on_images(model, history, test, splits, datasets, classes, s, run_dir, results):
     """The other half of transfer learning: the model trains on the images themselves, not on
     features computed once. Augmentation shows new variants of each photo every epoch, and
     fine-tuning changes the base, so the base must run on every image, every epoch.
@@ -329,61 +324,83 @@ def train_on_images(model, base, splits, datasets, history, classes, args, run_d
       images cannot overwrite what ImageNet taught the base.
     - It warms up from zero, then decays to zero: at full rate from the first step, Adam moves
       every weight at once, and the model falls below the frozen one (we tried).
-    - BatchNorm keeps ImageNet's averages even now (training=False, in step 2): updated from a
-      few thousand images, they would wreck the features.
     - If the head alone did better on the validation images, its weights come back."""
-    step("8. Fine-tuning" if args.fine_tune_epochs else "8. Training on augmented images")
-    weights_before, head_test_accuracy = model.get_weights(), results["test_accuracy"]
-    # To compute gradients for the base, training keeps every layer's outputs for each image of a
-    # batch: 64 images of 224x224 (--batch-size's default) took 6 GB. Fine-tuning takes batches of
-    # 16 (3 GB), noisier, so smaller steps: the rate times sqrt(16 / 64), that is 0.5.
-    batch_size = min(FINE_TUNE_BATCH, args.batch_size) if args.fine_tune_epochs else args.batch_size
+    step("8. Fine-tuning" if s.fine_tune_epochs else "8. Training on augmented images")
+    weights_before = model.get_weights()
+    head_alone = {key: results[key] for key in ("kept_epoch", "train_accuracy", "val_accuracy",
+                                                "test_accuracy", "test_loss")}
+    # Training keeps every layer's outputs for each image of a batch, to compute the gradients:
+    # 64 images of 224x224 (batch_size's default) took 6 GB. Fine-tuning takes batches of 16 (3 GB).
+    batch_size = min(FINE_TUNE_BATCH, s.batch_size) if s.fine_tune_epochs else s.batch_size
     x, y, _ = splits["train"]
-    images = make_dataset(x, y, args.image_size, batch_size, shuffle_seed=args.seed)
-    if args.augment:  # new variants of every photo in every epoch: flipped, turned, zoomed
+    images = make_dataset(x, y, s.image_size, batch_size, shuffle_seed=s.seed)
+    if s.augment:  # new variants of every photo in every epoch: flipped, turned, zoomed
         augment = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
                                        tf.keras.layers.RandomRotation(0.05),
                                        tf.keras.layers.RandomZoom(0.1)])
         images = images.map(lambda x, y: (augment(x, training=True), y))
-    learning_rate, epochs = args.learning_rate, args.epochs  # --augment alone: base frozen
-    if args.fine_tune_epochs:
-        base.trainable = True  # compile(), below, takes note of what is trainable
-        epochs = args.fine_tune_epochs
-        peak = args.fine_tune_learning_rate * (batch_size / args.batch_size) ** 0.5  # x0.5: above
-        steps = epochs * len(images)  # len(images): batches per epoch; a step: one batch
-        # From 0 up to the peak over the first tenth of the steps, then down to 0 along a cosine
-        learning_rate = tf.keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0, warmup_target=peak, warmup_steps=steps // 10,
-            decay_steps=steps - steps // 10)
+    learning_rate, epochs = s.learning_rate, s.epochs  # --augment alone: the base stays frozen
+    if s.fine_tune_epochs:
+        epochs, learning_rate = s.fine_tune_epochs, fine_tuning_rate(s, batch_size, len(images))
+        model = unfreeze(model)
     compile_for_training(model, learning_rate)
-    more = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
-    if min(more["val_loss"]) >= min(history["val_loss"]):
-        print("The head alone did better on the validation images: its weights come back.")
+    more, kept = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
+    better = min(more["val_loss"]) < min(history["val_loss"])
+    results["fine_tuning_kept" if s.fine_tune_epochs else "augmented_training_kept"] = better
+    if not better:
         model.set_weights(weights_before)
+        print("The head alone did better on the validation images: its weights come back. The "
+              "head-only model is saved.")
+        return model, test
     step("8. Evaluation, plots and export again")
-    test = evaluate(model, datasets["test"], splits["test"], classes, results)
-    print(f"Test accuracy: {head_test_accuracy:.4f} with the head alone, "
-          f"{results['test_accuracy']:.4f} after training on the images.")
-    results["test_accuracy_head_alone"] = head_test_accuracy
-    plot_results([history, more], test, splits["test"], classes, args.image_size, run_dir)
-    export_model(model, classes, splits["test"], test, args.image_size, run_dir, results)
+    test, measured = evaluate(model, datasets["test"], splits["test"], classes)
+    print(f"Test accuracy: {head_alone['test_accuracy']:.4f} with the head alone, "
+          f"{measured['test_accuracy']:.4f} after training on the images. The "
+          f"{'fine-tuned' if s.fine_tune_epochs else 'newly trained'} model is saved.")
+    results.update(measured, **kept, head_alone=head_alone)
+    plot_results([history, more], test, splits["test"], classes, s.image_size, run_dir)
+    results["export_check"] = export_model(model, classes, splits["test"], test, s.image_size,
+                                           run_dir)
     return model, test
 
+def fine_tuning_rate(s, batch_size, steps_per_epoch):
+    """Smaller batches give noisier gradients, so smaller steps: the peak rate times the square
+    root of the batches' ratio, sqrt(16 / 64) = 0.5 (the noise of an average of n gradients falls
+    as 1 / sqrt(n)). From 0 up to that peak over the first tenth of the steps (a step: one
+    batch), then down to 0 along a cosine."""
+    peak = s.fine_tune_learning_rate * (batch_size / s.batch_size) ** 0.5
+    steps = s.fine_tune_epochs * steps_per_epoch
+    return tf.keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=peak, warmup_steps=steps // 10,
+        decay_steps=steps - steps // 10)
+
+def unfreeze(model):
+    """The same layers, the base now trainable, in a model that runs the base with training=False.
+    A network's BatchNorm layers rescale each layer's outputs by averages learned on ImageNet;
+    training=True would replace them by our batches' own, and a few thousand images would wreck
+    the features. training=False keeps ImageNet's while the weights themselves learn."""
+    base = model.get_layer("mobilenet_v2")
+    base.trainable = True  # compile(), next, takes note of what is trainable
+    images = tf.keras.Input(shape=model.input_shape[1:], name="images")
+    features = base(images, training=False)
+    outputs = model.get_layer("classifier")(model.get_layer("dropout")(features))
+    return tf.keras.Model(images, outputs, name="classifier_model")
+
 # 9. Reading the results: how sure, which mistakes, where it looks -----------------------------
-def read_the_results(model, test, split, classes, image_size, run_dir, results):
+def read_the_results(model, test, split, classes, image_size, run_dir):
     """A test accuracy is a measurement on a few images: how far might it be off? Which images
     does the model get wrong, and how sure was it? And where in an image does it look?"""
     step("9. Reading the results")
     labels, predicted = split[1], test["probabilities"].argmax(axis=1)
     low, high = accuracy_interval(predicted, labels)
     print(f"On other test images the accuracy would likely be between {low:.3f} and {high:.3f} "
-          f"(a 95% interval), so two runs less than about {(high - low) / 2:.3f} apart are a tie: "
-          "the same model, tested on other images, could score either.")
-    results["test_accuracy_95"] = [low, high]
+          "(a 95% interval). To tell which of two models is better, test both on the same images "
+          "and count the images where only one of them is right.")
     write_predictions(split, test["probabilities"], classes, f"{run_dir}/predictions.csv")
     images, labels, probabilities = examples(split, test["probabilities"], 8, image_size)
-    path = f"{run_dir}/where_it_looks.png"
-    plot_where_it_looks(model, images, labels, probabilities, classes, path)
+    plot_where_it_looks(model, images, labels, probabilities, classes,
+                        f"{run_dir}/where_it_looks.png")
+    return dict(test_accuracy_95=[low, high])
 
 def accuracy_interval(predicted, labels, z=1.96):
     """Wilson's 95% interval for an accuracy p measured on n images: where the accuracy on all such
@@ -424,7 +441,7 @@ def plot_where_it_looks(model, images, labels, probabilities, classes, path):
     fig.colorbar(shown, ax=axes, shrink=0.7, label="drop in probability when that part is hidden")
     fig.suptitle("Where it looks: red where hiding a patch lowers the predicted class's "
                  "probability,\nblue where it raises it, white where it changes nothing")
-    fig.savefig(path)
+    save_and_show(fig, path)
 
 def occlusion_maps(model, images, grid=4):
     """[image, row, column]: how much each image's predicted-class probability drops when a grey
@@ -441,39 +458,16 @@ def occlusion_maps(model, images, grid=4):
                 maps[i, row, col] = before[i, predicted] - after[i, predicted]
     return maps
 
-# 10. The model at work: new photos, and a model for phones ------------------------------------
-def predict_photos(paths, run_dir):
-    """Classify photos, or the photos in folders, with a run's model/: one line each. Reading a
-    run, a folder or a photo is machinery from the appendix (load_exported_run, visible, ...)."""
-    model, classes, image_size = load_exported_run(run_dir)
-    status, photos = 0, []
-    for path in paths:
-        if os.path.isdir(path):  # the photos in a folder; its other files are left alone
-            inside = [os.path.join(path, name) for name in visible(path, os.path.isfile)]
-            photos += [photo for photo in inside if check_photo(photo)]
-        else:
-            photos.append(path)
-    for path in photos:
-        try:
-            p = model.serve(read_photo(path, image_size)[None]).numpy()[0]  # [None]: a batch of 1
-        except Exception as e:
-            why = "no such file" if isinstance(e, FileNotFoundError) else "not a photo it can read"
-            print(f"error: {path}: {why}; skipping it", file=sys.stderr)
-            status = 2
-            continue
-        best = np.argsort(p)[::-1][:1 if len(classes) == 2 else 3]  # the likeliest 1 or 3
-        print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in best))
-    return status
-
-def export_tflite(model, test, evaluated, image_size, run_dir, results):
+# 10. The model at work: a model for phones, and new photos ------------------------------------
+def export_tflite(model, test, evaluated, image_size, run_dir):
     """model.tflite, for phones: float32 images [1, image_size, image_size, 3] in [0, 1] in,
-    probabilities out. Checked with LiteRT against the trained model on a few test images."""
+    probabilities out. Checked with LiteRT, TensorFlow's runtime for phones, against the trained
+    model on a few test images."""
     step("10. A model for phones")
     tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     with open(os.path.join(run_dir, "model.tflite"), "wb") as f:
         f.write(tflite)
-    interpreter = LiteRT or tf.lite.Interpreter  # LiteRT: imported in appendix B, if installed
-    run = interpreter(model_content=tflite).get_signature_runner()  # the model as a function
+    run = litert_interpreter(tflite).get_signature_runner()  # the model as a function (app. B)
     same, largest = [], 0.0  # examples (appendix A): 8 test images, as the network gets them
     images, _, probabilities = examples(test, evaluated["probabilities"], 8, image_size)
     for image, p in zip(images, probabilities):
@@ -482,22 +476,38 @@ def export_tflite(model, test, evaluated, image_size, run_dir, results):
         largest = max(largest, float(np.abs(output - p).max()))
     print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, the same class as the trained model for "
           f"{sum(same)} of {len(same)} test images, probabilities within {largest:.1e}.")
-    results.update(tflite_agreement=float(np.mean(same)), tflite_largest_difference=largest)
+    return dict(tflite_agreement=float(np.mean(same)), tflite_largest_difference=largest)
+
+def predict_photos(paths, run_dir):
+    """--predict: classify photos, or the photos in folders, with a run's model/, one line each.
+    main() runs it on a saved run, with no training; appendix C finds and reads the photos."""
+    model, classes, image_size = load_exported_run(run_dir)
+    status = 0
+    for path, pixels in photos_to_predict(paths, image_size):  # None: not a photo it can read
+        if pixels is None:
+            status = 2
+            continue
+        p = model.serve(pixels[None]).numpy()[0]  # [None]: a batch of one photo
+        best = np.argsort(p)[::-1][:1 if len(classes) == 2 else 3]  # the likeliest 1 or 3
+        print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in best))
+    return status
 
 # 11. What to try next -------------------------------------------------------------------------
-def print_what_to_try_next(results):
-    print(f"""
-What to try next:
-  python transfer_learning.py --dropout 0.5 --epochs 20
-      Only the head changes, so the features come from disk: a run takes seconds.
-  python transfer_learning.py --data-dir DIR    (DIR/cat/*.jpg, DIR/dog/*.jpg: any classes)
-      Your own photos: a few hundred real photos per class often reach 0.95 or more.
-  python transfer_learning.py --fine-tune-epochs 2 --augment
-      Adapts MobileNetV2 itself to your classes: for CIFAR 0.88 instead of 0.79, but the network
-      runs on every training image in every epoch (about 5 minutes an epoch on a laptop CPU).
-  python transfer_learning.py --predict photo.jpg --model-dir {results["output_dir"]}
+def print_what_to_try_next(s, output_dir):
+    """Commands on this run's data and base (same_data_flags, appendix D), each as it says."""
+    run = " ".join(["python transfer_learning.py", *same_data_flags(s)])
+    kept = "the features come from disk" if not s.no_cache else "once kept, the features load"
+    print(f"\nWhat to try next:\n  {run} --dropout 0.5 --epochs 20\n"
+          f"      Only the head changes, so {kept}: a run takes seconds.")
+    if not s.data_dir:
+        print("  python transfer_learning.py --data-dir DIR    (DIR/cat/*.jpg, DIR/dog/*.jpg)\n"
+              "      Your own photos: a few hundred real photos per class often reach 0.95 or more.")
+    print(f"""  {run} --fine-tune-epochs 2 --augment
+      Adapts MobileNetV2 itself to your classes, but it runs on every training image in every
+      epoch: minutes where the head took seconds (CIFAR: 0.88 instead of 0.79, 5 minutes an
+      epoch on a laptop CPU).
+  python transfer_learning.py --predict photo.jpg --model-dir {shlex.quote(output_dir)}
       Classifies new photos with this run's model.""")
-
 
 # ==============================================================================================
 # THE TUTORIAL ENDS HERE. Below is the appendix: machinery that makes the script a robust tool,
@@ -506,6 +516,7 @@ What to try next:
 # ==============================================================================================
 
 # A. The lesson's helpers: the device, checks with clear errors, plots, progress ----------------
+# Each helper here does what its name says, and stops bad input with one clear line (fail(), D).
 def device():
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU
 
@@ -527,17 +538,25 @@ def download_cifar10():
     except Exception as e:
         fail(f"could not download CIFAR-10 ({type(e).__name__}); offline, use --data-dir DIR")
 
-def check_classes_can_be_split(splits, classes, args):
-    """Each class needs a training image, and one for each split carved out of the training ones."""
-    carved = [name for name in ("validation", "test") if name not in splits]
-    for label, name in enumerate(classes):
-        count = int(np.sum(splits["train"][1] == label))
-        if count <= len(carved):
-            fail(f"class {name} has {count} image(s) in {args.data_dir}; it needs at least "
-                 f"{len(carved) + 1}, one for training and one for each split carved out of it")
-    if args.max_images is not None and args.max_images < len(classes):
-        fail(f"--max-images {args.max_images} is fewer than the {len(classes)} classes; give at "
-             f"least {len(classes)}, so that every class keeps an image")
+def sample(splits, max_images, seed):
+    """--max-images N: about N images of each split, each class keeping its share."""
+    classes = len(np.unique(splits["train"][1]))
+    if max_images is not None and max_images < classes:
+        fail(f"--max-images {max_images} is fewer than the {classes} classes; give at least "
+             f"{classes}, so that every class keeps an image")
+    for name, split in splits.items():
+        if max_images and len(split[1]) > max_images:
+            _, splits[name] = carve(split, max_images / len(split[1]), seed)  # keep the carved
+    return splits
+
+def count_images(splits, classes):
+    """Print each split's images per class: a class with few images is learned badly."""
+    counts = {}
+    for name, (_, y, _) in splits.items():
+        per_class = [f"{np.sum(y == label)} {c}" for label, c in enumerate(classes)]
+        print(f"{name:>10}: {len(y):5d} images ({', '.join(per_class)})")
+        counts[f"num_{name}"] = len(y)
+    return counts
 
 def load_module(handle, image_size):
     """hub.load(handle), or one line saying why the module cannot be used."""
@@ -568,6 +587,20 @@ def why_the_module_cannot_load(handle, error):
             "--model-handle, or the module placed in $TFHUB_CACHE_DIR, and --data-dir instead of "
             "the CIFAR-10 download")
 
+def save_and_show(fig, path):
+    """Save the picture; show it now in a notebook, or in a window at the end (see main()). A
+    picture drawn again (lesson 8) replaces the earlier one."""
+    fig.savefig(path)
+    if "inline" in plt.get_backend():  # a notebook: shown under the cell, updated when redrawn
+        from IPython.display import display, update_display
+        (update_display if path in FIGURES else display)(fig, display_id=path)
+        plt.close(fig)
+    elif path in FIGURES:
+        plt.close(FIGURES[path])  # the window shown at the end is the final picture's
+    FIGURES[path] = fig
+
+FIGURES = {}  # this run's pictures, by file
+
 def plot_history(histories, path):
     """Loss and accuracy per epoch: validation falling behind training as the epochs go on is
     overfitting. A star marks the epoch kept; training on images (lesson 8) starts from there."""
@@ -583,7 +616,7 @@ def plot_history(histories, path):
             ax.set(title=metric.capitalize(), xlabel="epoch (star: the one kept)")
             ax.legend()
         start = epochs[kept]
-    fig.savefig(path)
+    save_and_show(fig, path)
 
 def plot_confusion_matrix(confusion, classes, path):
     size = 2 + 0.5 * len(classes) + 0.07 * max(map(len, classes))  # room for long class names
@@ -595,7 +628,7 @@ def plot_confusion_matrix(confusion, classes, path):
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
            yticklabels=classes, xlabel="predicted", ylabel="true", title="Test confusion matrix")
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
-    fig.savefig(path)
+    save_and_show(fig, path)
 
 def examples(split, probabilities, count, image_size):
     """Up to count test images, resized as the network gets them, their labels and probabilities."""
@@ -628,10 +661,18 @@ def plot_predictions(images, labels, probabilities, classes, path=None):
         ax.set_title(f"{classes[p.argmax()]} {p.max():.0%} (true: {classes[label]})", fontsize=9,
                      color="green" if p.argmax() == label else "red")
     if path:
-        fig.savefig(path)
+        save_and_show(fig, path)
     return fig, axes
 
-def check_export(run_dir, test, probabilities, image_size, results):
+def write_quietly(archive, folder):
+    """archive.write_out(folder), without Keras' list of every weight."""
+    tf.keras.utils.disable_interactive_logging()
+    try:
+        archive.write_out(folder)
+    finally:
+        tf.keras.utils.enable_interactive_logging()
+
+def check_export(run_dir, test, probabilities, image_size):
     """Reload model/ and classify the first test images with it, as stored, as --predict does."""
     reloaded, largest, same = tf.saved_model.load(os.path.join(run_dir, "model")), 0.0, 0
     count = min(8, len(test[1]))
@@ -641,13 +682,13 @@ def check_export(run_dir, test, probabilities, image_size, results):
         same += int(again.argmax() == probabilities[i].argmax())
     tolerance = 1e-2 if device() == "GPU" else 1e-3  # float rounding; TF32 on a GPU
     passed = same == count and largest <= tolerance
-    results["export_check"] = dict(images=count, same_class=same / count, passed=passed,
-                                   largest_difference=largest, tolerance=tolerance)
     print(f"Reloaded model/: the same class for {same} of {count} test images, probabilities "
           f"within {largest:.1e}.")
     if not passed:
         print(f"warning: the exported model differs from the trained one by more than {tolerance}"
               " (see export_check in metrics.json); the run is kept", file=sys.stderr)
+    return dict(images=count, same_class=same / count, passed=passed,
+                largest_difference=largest, tolerance=tolerance)
 
 def show_progress(name, count):
     """A Keras callback that prints how many images are done and how fast: on a terminal, one
@@ -666,37 +707,49 @@ def show_progress(name, count):
             last.update(time=now, done=done)
     return tf.keras.callbacks.LambdaCallback(on_predict_batch_end=report)
 
-# B. Speed-ups: LiteRT for the feature pass on a CPU --------------------------------------------
-# LiteRT's features equal Keras' to float rounding (2e-5). Converting takes seconds, so auto uses
-# it from LITERT_MIN_IMAGES on. TF_CPU_ALLOCATOR_USE_BFC (at the top) makes it 20% faster here.
-try:  # LiteRT has no wheels for some platforms
+# B. Speed-ups: features kept on disk, and LiteRT for the feature pass on a CPU -----------------
+# Both give the numbers step 3 computes, sooner. Kept features are in a file named by a hash of
+# the module, the image size and the images (CIFAR's pixels; a photo's path, size and time of last
+# change); the folder keeps the 20 files used last. LiteRT's features equal Keras' to 2e-5.
+def with_speed_ups(compute_features, extractor, datasets, splits, s, results):
+    """compute_features(extractor, datasets, splits), or the same numbers sooner."""
+    path = feature_file(splits, s)
+    features = read_kept_features(path, extractor, splits["train"], s.image_size)
+    results.update(features_file=path, features_from_cache=features is not None,
+                   features_with=None)
+    if features is None:
+        results["features_with"] = choose_runtime(s, splits)
+        if results["features_with"] == "litert":
+            extractor = litert_extractor(extractor)
+        features = compute_features(extractor, datasets, splits)
+        keep_features(path, features)
+    return features
+
+try:  # LiteRT, TensorFlow's runtime for phones, has no wheels for some platforms
     from ai_edge_litert.interpreter import Interpreter as LiteRT
 except ImportError:
     LiteRT = None
-LITERT_MIN_IMAGES = 1000
 
-def faster_on_a_cpu(extractor, splits, args, results):
-    """The extractor, or LiteRT's stand-in for it: an object whose predict() runs LiteRT."""
-    return litert_extractor(extractor) if use_litert(args, splits, results) else extractor
+def litert_interpreter(tflite):
+    return (LiteRT or tf.lite.Interpreter)(model_content=tflite, num_threads=os.cpu_count())
 
-def use_litert(args, splits, results):
+def choose_runtime(s, splits):
     """--features-with, where auto is litert on a CPU with enough images to repay converting."""
-    runtime, count = args.features_with, sum(len(y) for _, y, _ in splits.values())
+    runtime, count = s.features_with, sum(len(y) for _, y, _ in splits.values())
     if runtime == "auto":
-        runtime = "litert" if device() == "CPU" and count >= LITERT_MIN_IMAGES else "keras"
+        runtime = "litert" if device() == "CPU" and count >= 1000 else "keras"
     if runtime == "litert" and LiteRT is None:
         print("warning: LiteRT is not installed (pip install ai-edge-litert); computing the "
               "features with Keras", file=sys.stderr)
         runtime = "keras"
-    results["features_with"] = runtime
-    return runtime == "litert"
+    return runtime
 
 def litert_extractor(extractor):  # a stand-in whose predict() runs the extractor in LiteRT
     spec = tf.TensorSpec(extractor.input_shape, tf.float32)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [tf.function(extractor).get_concrete_function(spec)], extractor)
     converter.experimental_lower_to_saved_model = False  # a frozen graph: 2 s, not 20 s
-    interpreter = LiteRT(model_content=converter.convert(), num_threads=os.cpu_count())
+    interpreter = litert_interpreter(converter.convert())
     images_in = interpreter.get_input_details()[0]["index"]
     features_out = interpreter.get_output_details()[0]["index"]
     steady = tf.data.Options()
@@ -714,16 +767,12 @@ def litert_extractor(extractor):  # a stand-in whose predict() runs the extracto
         return np.concatenate(features)
     return types.SimpleNamespace(predict=predict)
 
-# B. Speed-ups: features kept on disk ----------------------------------------------------------
-# The features are saved in a file named by a hash of all that shapes them: the module, the image
-# size and the images (CIFAR's pixels; each photo's path, size and time of last change). Change
-# any of those and they are computed afresh. The folder keeps the 20 files used last.
-def feature_file(splits, args):  # None with --no-cache
-    if args.no_cache:
+def feature_file(splits, s):  # None with --no-cache
+    if s.no_cache:
         return None
-    key = hashlib.sha256(f"{args.model_handle} {args.image_size}".encode())
+    key = hashlib.sha256(f"{s.model_handle} {s.image_size}".encode())
     files = []  # a local module's files: it may be rebuilt in place
-    for folder, _, names in sorted(os.walk(args.model_handle)):
+    for folder, _, names in sorted(os.walk(s.model_handle)):
         files += [os.path.join(folder, name) for name in sorted(names)]
     for x, _, _ in splits.values():
         key.update(np.ascontiguousarray(x).tobytes() if not isinstance(x[0], str) else b"")
@@ -732,29 +781,34 @@ def feature_file(splits, args):  # None with --no-cache
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "transfer_learning", key.hexdigest() + ".npz")
 
-def read_kept_features(splits, args, results):  # those an earlier run kept, or None
-    path = results["features_file"] = feature_file(splits, args)
-    results.update(features_from_cache=False, features_with=None)
+def read_kept_features(path, extractor, train, image_size):
+    """The features an earlier run kept, if the extractor still gives the first 8 the same; or
+    None. An edit to the code (how images are read, scaled or resized, the network) changes them."""
     if path is None:
         return None
     try:
         with np.load(path) as kept:
             features = {name: kept[name] for name in ("train", "validation", "test")}
-        os.utime(path)  # used: kept longer
-        print(f"Features read from {path}, computed by an earlier run on the same images.")
-        for name, numbers in features.items():
-            print(f"{name:>10}: features of shape {numbers.shape}")
-        results["features_from_cache"] = True
-        return features
     except FileNotFoundError:
         return None
     except Exception as e:  # cut short by a crash, or damaged
         print(f"warning: cannot read the features kept in {path} ({type(e).__name__}); "
               "computing them again", file=sys.stderr)
+        return None
+    x, y, _ = subset(train, slice(0, 8))
+    fresh = extractor.predict(make_dataset(x, y, image_size), verbose=0)
+    if not np.allclose(fresh, features["train"][:8], rtol=1e-2, atol=1e-3):
+        print(f"The features kept in {path} differ from what the code computes now (edited?): "
+              "computing them afresh.")
+        return None
+    os.utime(path)  # used: kept longer
+    print(f"Features read from {path}, computed by an earlier run on the same images.")
+    for name, numbers in features.items():
+        print(f"{name:>10}: features of shape {numbers.shape}")
+    return features
 
-def keep_features(features, results):
+def keep_features(path, features):
     """Write, then rename: a run killed while writing leaves no half file under the real name."""
-    path = results["features_file"]
     if path is None:
         return
     try:
@@ -770,10 +824,19 @@ def keep_features(features, results):
         print(f"warning: cannot keep the features in {path} ({e.strerror})", file=sys.stderr)
 
 # C. Your own photos: class folders, a labels file, unreadable files, copies -------------------
-# Not tf.keras.utils.image_dataset_from_directory: it stops at the first broken file, shows phone
-# photos sideways, decodes a 12-megapixel JPEG in full, and splits only two ways, unstratified.
+# Photos as people have them train: broken files skipped and named, phone photos upright and read
+# small. (tf.keras.utils.image_dataset_from_directory stops at the first broken file, shows phone
+# photos sideways, decodes a 12-megapixel JPEG in full, and splits only two ways, unstratified.)
 SPLIT_FOLDERS = {"train": ["train"], "validation": ["validation", "val", "valid"], "test": ["test"]}
-Image.MAX_IMAGE_PIXELS = None  # your own photos: no check against "decompression bombs"
+# A "decompression bomb" is small on disk and huge decoded (20000x20000 pixels: 1.2 GB as RGB):
+# it is skipped like a broken file. A JPEG's pixels count at 1/8 of each side: draft() decodes
+# it small, so that phones' 50- and 200-megapixel photos are read.
+MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = None  # Pillow's own check warns or refuses by the full size, JPEGs too
+
+def read_if_photos(x, image_size):
+    """A tf.data step: CIFAR's pixels pass as they are; photos are read from their files."""
+    return read_photo_op(x, image_size) if isinstance(x[0], str) else lambda *pair: pair
 
 def read_photo(path, image_size):
     """A photo's RGB pixels (uint8), upright as its EXIF orientation says (phones store portrait
@@ -781,6 +844,8 @@ def read_photo(path, image_size):
     (1/8, 1/4, 1/2, 1) that keeps image_size pixels: a fraction of the work for 12 megapixels."""
     with Image.open(path) as photo:
         photo.draft("RGB", (image_size, image_size))
+        if photo.width * photo.height > MAX_PIXELS:
+            raise ValueError(f"{photo.width}x{photo.height} pixels: a decompression bomb?")
         photo = ImageOps.exif_transpose(photo)
         if photo.mode.startswith("I"):  # 16-bit greys, 0-65535: convert() would clip them at 255
             photo = Image.fromarray(np.uint8(np.clip(np.asarray(photo) // 256, 0, 255)))
@@ -805,8 +870,9 @@ def is_plain_jpeg(path, image_size):
     photo = check_photo(path)
     return photo.plain_jpeg and photo.smaller_side < 2 * image_size
 
-def load_photos(data_dir, results):
+def load_photos(s, results):
     """Your photos' paths and labels, from class folders or labels.csv; unreadable files out."""
+    data_dir = s.data_dir
     if not os.path.isdir(data_dir):
         fail(f"--data-dir {data_dir} is not a folder; give a folder with one sub-folder per class")
     folders = {}  # {split: folder}, with split folders
@@ -829,12 +895,24 @@ def load_photos(data_dir, results):
     for split in ("validation", "test"):
         if split in folders and len(splits[split][1]) == 0:
             fail(f"{folders[split]} has no readable images; add some or remove the folder")
+    check_classes_can_be_split(splits, classes, s)
     if skipped:
-        print(f"warning: skipped {len(skipped)} file(s) that are not images it can read: "
+        print(f"warning: skipped {len(skipped)} file(s) that are not images it can read (or over "
+              f"{MAX_PIXELS // 10**6} megapixels): "
               f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''} "
               "(all in metrics.json)", file=sys.stderr)
     results["skipped_files"] = skipped
     return splits, classes
+
+def check_classes_can_be_split(splits, classes, s):
+    """Each class must keep training images after each missing split takes its share of them."""
+    carved = len([name for name in ("validation", "test") if name not in splits])
+    for label, name in enumerate(classes):
+        count = int(np.sum(splits["train"][1] == label))
+        if count - carved * max(1, round(count * s.validation_split)) < 1:
+            fail(f"class {name} has {count} image(s) in {s.data_dir}: too few to keep training "
+                 f"images after carving {carved} split(s) of {s.validation_split:g} out of it; "
+                 "add images, or lower --validation-split")
 
 def visible(folder, wanted=os.path.isdir):
     """The names in folder that are not hidden and pass wanted (by default: sub-folders)."""
@@ -875,8 +953,9 @@ def list_files(folder, classes):
     return np.array(paths), np.array(labels, dtype=np.int64), np.array(paths)
 
 def read_labels_csv(data_dir):
-    """Kaggle's layout: photos in DIR/train/ (or DIR/), and DIR/labels.csv with a header row,
-    then a file name (often without its extension) and a class per row."""
+    """Kaggle's layout: photos in DIR/train/ (or DIR/), and DIR/labels.csv with a file name (often
+    without its extension) and a class per row, after a header row or not. A photo listed with
+    two classes is left out; listed twice with the same, it is used once."""
     folder = os.path.join(data_dir, "train")
     folder = folder if os.path.isdir(folder) else data_dir
     labels_csv = os.path.join(data_dir, "labels.csv")
@@ -886,15 +965,27 @@ def read_labels_csv(data_dir):
             photos[name] = photos[os.path.splitext(name)[0]] = os.path.join(folder, name)
     try:
         with open(labels_csv, newline="", encoding="utf-8-sig") as f:
-            rows = [row for row in csv.reader(f) if len(row) >= 2][1:]  # [1:]: not the header
+            rows = [[cell.strip() for cell in row] for row in csv.reader(f) if len(row) >= 2]
     except (OSError, UnicodeError, csv.Error) as e:
         fail(f"cannot read {labels_csv} ({type(e).__name__}); save it as UTF-8 text: a header "
              "row, then a file name and a class per row")
-    found = {photos[row[0].strip()]: row[1].strip() for row in rows if row[0].strip() in photos}
-    unlisted = len(set(photos.values()) - set(found))
-    if len(found) < len(rows) or unlisted:
-        print(f"warning: {len(rows) - len(found)} row(s) of labels.csv name no file in {folder}, "
-              f"and {unlisted} file(s) there have no row; both are left out", file=sys.stderr)
+    # The first row is a header ("id,breed") if it names no file, nor a class another row names
+    if rows and rows[0][0] not in photos and rows[0][1] not in {row[1] for row in rows[1:]}:
+        rows = rows[1:]
+    listed = {}  # {photo: its classes}
+    for name, label, *_ in rows:
+        if name in photos:
+            listed.setdefault(photos[name], set()).add(label)
+    found = {path: labels.pop() for path, labels in listed.items() if len(labels) == 1}
+    torn = sorted(os.path.basename(path) for path in set(listed) - set(found))
+    no_file = sum(row[0] not in photos for row in rows)
+    unlisted = len(set(photos.values()) - set(listed))
+    problems = [f"{no_file} row(s) of labels.csv name no file in {folder}" if no_file else "",
+                f"{unlisted} file(s) there have no row" if unlisted else "",
+                f"{len(torn)} file(s) are listed with different classes ({', '.join(torn[:3])}"
+                f"{', ...' if len(torn) > 3 else ''})" if torn else ""]
+    if any(problems):
+        print(f"warning: {', '.join(filter(None, problems))}; they are left out", file=sys.stderr)
     classes = sorted(set(found.values()))
     check_classes(labels_csv, classes)
     paths = np.array(list(found))
@@ -910,6 +1001,8 @@ def check_photo(path):
         with open(path, "rb") as f:
             data = f.read()
         with Image.open(io.BytesIO(data)) as photo:
+            if photo.width * photo.height > MAX_PIXELS * (64 if photo.format == "JPEG" else 1):
+                return None
             if photo.format != "JPEG":
                 photo.load()
             # A copy cut short lacks the end marker. Look after the header, where Pillow stopped:
@@ -923,7 +1016,7 @@ def check_photo(path):
     except Exception:
         return None
 
-def warn_about_copies_across_splits(splits, results):
+def find_copies_across_splits(splits):
     """Copies of training photos among the validation or test photos flatter the accuracy."""
     training = {check_photo(path).fingerprint: path for path in splits["train"][0]}
     others = np.concatenate([splits["validation"][0], splits["test"][0]])
@@ -933,67 +1026,69 @@ def warn_about_copies_across_splits(splits, results):
         print(f"warning: {len(copies)} validation or test photo(s) are copies of training photos, "
               f"which flatters the accuracy: {'; '.join(copies[:3])}"
               f"{'; ...' if len(copies) > 3 else ''} (all in metrics.json)", file=sys.stderr)
-    results["copies_across_splits"] = copies
+    return copies
+
+def photos_to_predict(paths, image_size):
+    """(path, pixels) for each photo named, and each file in each folder named; pixels is None,
+    with one line on stderr, for a file that is not a photo it can read."""
+    for path in paths:
+        inside = [path]
+        if os.path.isdir(path):  # its photos, and its broken files named like photos
+            inside = [os.path.join(path, name) for name in visible(path, os.path.isfile)]
+            inside = [file for file in inside if check_photo(file) or os.path.splitext(file)[1]
+                      .lower() in Image.registered_extensions()]
+            if not inside:
+                fail(f"--predict {path} is a folder with no photos in it; put photos there, or "
+                     "name the photos themselves")
+        for photo in inside:
+            try:
+                yield photo, read_photo(photo, image_size)
+            except Exception:
+                why = "not a photo it can read" if os.path.exists(photo) else "no such file"
+                print(f"error: {photo}: {why}; skipping it", file=sys.stderr)
+                yield photo, None
 
 # D. The command line, checks, the output folder, errors and main() -----------------------------
+# Bad input ends in one line saying what to fix, exit status 2; a run appears whole, or not at all.
 def parse_args(argv=None):
+    """Settings from the command line: a flag for each field of Settings, with its help."""
     p = argparse.ArgumentParser(description="Train an image classifier on a frozen MobileNetV2.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", help="your photos: DIR/<class>/*.jpg; or DIR/train/<class>/, "
-                   "with DIR/validation/ (or val/, valid/) and DIR/test/; or DIR/labels.csv (file, "
-                   "class) with the photos in DIR/train/ or DIR; splits missing are carved out of "
-                   "the training photos; none: CIFAR-10's cats and dogs")
-    p.add_argument("--model-handle", default=DEFAULT_HANDLE,
-                   help="TF Hub URL or SavedModel folder of an image feature vector")
-    p.add_argument("--image-size", type=int, default=224, help="pixels per side the module takes")
-    p.add_argument("--epochs", type=int, default=10, help="epochs to train the head")
-    p.add_argument("--batch-size", type=int, default=64, help="images per training batch")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="the head's learning rate")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout rate before the head")
-    p.add_argument("--validation-split", type=float, default=0.1, help="fraction of each class "
-                   "held out for validation, and for testing when there is no test/")
-    p.add_argument("--max-images", type=int, help="about this many images per split, each class "
-                   "keeping its share, for a quick run; none: all")
-    p.add_argument("--no-cache", action="store_true", help="compute the features even if an "
-                   "earlier run kept them, and keep none (kept in ~/.cache/transfer_learning)")
-    p.add_argument("--features-with", choices=["auto", "keras", "litert"], default="auto",
-                   help="what computes the features: litert is twice as fast on a CPU, after a "
-                   f"conversion; auto: litert on a CPU from {LITERT_MIN_IMAGES} images on")
-    p.add_argument("--output-dir", help="folder for this run; none: a new runs/<date-time>")
-    p.add_argument("--no-show", action="store_true", help="save the plots without showing them")
-    p.add_argument("--seed", type=int, default=42, help="random seed for splits and training")
-    p.add_argument("--fine-tune-epochs", type=int, default=0, help="then unfreeze the base and "
-                   f"train it all for this many epochs, in batches of {FINE_TUNE_BATCH} (peak "
-                   "memory about 3 GB, against 1.7 GB without)")
-    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4, help="its peak, for "
-                   "batches of --batch-size: scaled to fine-tuning's smaller ones")
-    p.add_argument("--augment", action="store_true", help="train on randomly flipped, turned and "
-                   "zoomed training images, after the head (slow: their features change)")
-    p.add_argument("--tflite", action="store_true", help="also export model.tflite, for phones")
-    p.add_argument("--predict", nargs="+", metavar="PHOTO",
-                   help="classify these photos, or those in these folders, with --model-dir's run")
-    p.add_argument("--model-dir", help="the folder of an earlier run, for --predict")
+    for field in dataclasses.fields(Settings):
+        flag = dict(field.metadata, default=field.default)
+        if field.type is bool:
+            flag["action"] = "store_true"
+        else:
+            flag["type"] = field.type
+        p.add_argument("--" + field.name.replace("_", "-"), **flag)
     p.error = fail  # a mistyped flag gets the same one-line error as any other bad input
-    return p.parse_args(argv)
+    return Settings(**vars(p.parse_args(argv)))
 
 def fail(message):  # bad input ends here: one line saying what is wrong and how to fix it
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
-def check_args(args):
+def check_args(s):
     for ok, message in [
-            (args.epochs >= 1, "--epochs must be at least 1"),
-            (args.batch_size >= 1, "--batch-size must be at least 1"),
-            (0 < args.validation_split < 1, "--validation-split must be between 0 and 1, e.g. 0.1"),
-            (0 <= args.dropout < 1, "--dropout must be in [0, 1), e.g. 0.2"),
-            (args.image_size >= 32, "--image-size must be 32 or more (224 for the default module)"),
-            (args.learning_rate > 0, "--learning-rate must be positive, e.g. 0.001"),
-            (args.fine_tune_learning_rate > 0, "--fine-tune-learning-rate must be positive"),
-            (args.fine_tune_epochs >= 0, "--fine-tune-epochs cannot be negative"),
-            (args.max_images is None or args.max_images >= 1, "--max-images must be at least 1"),
-            (not args.predict or args.model_dir, "--predict needs --model-dir, an earlier run")]:
+            (s.epochs >= 1, "--epochs must be at least 1"),
+            (s.batch_size >= 1, "--batch-size must be at least 1"),
+            (0 < s.validation_split < 1, "--validation-split must be between 0 and 1, e.g. 0.1"),
+            (0 <= s.dropout < 1, "--dropout must be in [0, 1), e.g. 0.2"),
+            (s.image_size >= 32, "--image-size must be 32 or more (224 for the default module)"),
+            (s.learning_rate > 0, "--learning-rate must be positive, e.g. 0.001"),
+            (s.fine_tune_learning_rate > 0, "--fine-tune-learning-rate must be positive"),
+            (s.fine_tune_epochs >= 0, "--fine-tune-epochs cannot be negative"),
+            (s.max_images is None or s.max_images >= 1, "--max-images must be at least 1"),
+            (not s.predict or s.model_dir, "--predict needs --model-dir, an earlier run"),
+            (s.data_dir != "", "--data-dir is empty; give the folder of your photos")]:
         if not ok:
             fail(message)
+
+def same_data_flags(s):
+    """The flags of this run that shaped its features: a run with them reads the features back."""
+    names = ["data_dir", "max_images", "validation_split", "seed", "model_handle", "image_size"]
+    changed = [name for name in names if getattr(s, name) != getattr(Settings, name)]
+    return [f"--{name.replace('_', '-')} {shlex.quote(str(getattr(s, name)))}" for name in changed]
 
 def load_exported_run(run_dir):
     """The exported model, its class names and its image size, from a run folder."""
@@ -1031,49 +1126,54 @@ def prepare_output_dir(output_dir):
         fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose another folder")
     return output_dir, work_dir
 
-def save_metrics(work_dir, args, results):
+def save_metrics(work_dir, s, results):
     """metrics.json: the results, every setting and version that shaped them, seconds per step."""
     seconds = {}
     for (name, start), (_, end) in zip(STEPS, STEPS[1:] + [("end", time.perf_counter())]):
         seconds[name] = round(seconds.get(name, 0) + end - start, 2)
     versions = dict(python=platform.python_version(), tensorflow=tf.__version__,
                     tensorflow_hub=hub.__version__, litert=LiteRT is not None)
-    results.update(settings=vars(args), seconds=seconds, versions=versions)
+    results.update(settings=dataclasses.asdict(s), seconds=seconds, versions=versions)
     with open(os.path.join(work_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
 
 def main(argv=None):
-    args = parse_args(argv)
-    check_args(args)
-    if args.predict:
-        return predict_photos(args.predict, args.model_dir)
+    s = parse_args(argv)
+    check_args(s)
+    if s.predict:
+        return predict_photos(s.predict, s.model_dir)
     if not issubclass(hub.KerasLayer, tf.keras.layers.Layer):  # a notebook imported TF first
         fail("TensorFlow was imported with Keras 3 before this script could ask for Keras 2 (TF "
              "Hub needs it): restart the notebook's kernel, or set TF_USE_LEGACY_KERAS=1 first")
-    if args.no_show:
-        plt.switch_backend("Agg")
-    tf.keras.utils.set_random_seed(args.seed)
-    output_dir, work_dir = prepare_output_dir(args.output_dir)
+    tf.get_logger().setLevel("ERROR")  # no "INFO:tensorflow:Assets written to ..." in a notebook
+    tf.keras.utils.set_random_seed(s.seed)
+    output_dir, work_dir = prepare_output_dir(s.output_dir)
     results, status = {"output_dir": output_dir}, 0
     STEPS.clear()  # main() may run more than once in one Python
+    FIGURES.clear()
+    backend = plt.get_backend()  # with --no-show, Agg for this run only: a notebook keeps its own
+    if s.no_show:
+        plt.switch_backend("Agg")
     previous = signal.signal(signal.SIGINT, lambda *_: leave_on_ctrl_c(work_dir, output_dir))
     try:
         try:
-            run_lesson(args, work_dir, results)
-        except Exception as e:  # once there are test results, a failing plot or export keeps them
+            run_lesson(s, work_dir, results)
+        except Exception:  # once there are test results, a failing plot or export keeps them
             if "test_accuracy" not in results:
                 raise
-            results["last_step_error"], status = f"{type(e).__name__}: {e}", 1
-            print(f"error: {results['last_step_error']}; the rest of the run is saved",
-                  file=sys.stderr)
-        save_metrics(work_dir, args, results)
+            status, results["last_step_error"] = 1, traceback.format_exc()
+            print(f"{results['last_step_error']}error: a step failed (above; also in "
+                  "metrics.json); the rest of the run is saved", file=sys.stderr)
+        save_metrics(work_dir, s, results)
         os.replace(work_dir, output_dir)  # the run appears whole, or not at all
         print(f"Saved the run to {output_dir}/")
-        if not args.no_show and plt.get_backend().lower() != "agg":
-            plt.show()
+        if not s.no_show and backend.lower() != "agg" and "inline" not in backend:
+            plt.show()  # a window for each picture, the final ones; a notebook showed them
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
         signal.signal(signal.SIGINT, previous)
+        if s.no_show:
+            plt.switch_backend(backend)
     plt.close("all")
     return status
 

@@ -140,6 +140,17 @@ def fake_cifar10(n_train=300, n_test=100, seed=0):
     return split(n_train), split(n_test)
 
 
+def load_data(s, results):
+    """Step 1 of run_lesson, as it runs there: (splits, classes); results gets what it records."""
+    splits, classes = tl.load_photos(s, results) if s.data_dir else tl.load_cifar10_cats_and_dogs()
+    splits = tl.carve_missing_splits(splits, s.validation_split, s.seed)
+    splits = tl.sample(splits, s.max_images, s.seed)
+    results.update(classes=classes, **tl.count_images(splits, classes))
+    if s.data_dir:
+        results["copies_across_splits"] = tl.find_copies_across_splits(splits)
+    return splits, classes
+
+
 def run_script(*args, env=None, timeout=300):
     """Run transfer_learning.py as a user would, in a subprocess."""
     return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True,

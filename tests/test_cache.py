@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import fake_cifar10, run_main, save_feature_vector, script_lines, tl, write_colour_images
+from conftest import (fake_cifar10, load_data, run_main, save_feature_vector, script_lines, tl,
+                      write_colour_images)
 
 COLOURS = {"red": (200, 40, 40), "blue": (40, 40, 200)}
 
@@ -51,9 +52,9 @@ def test_a_second_run_that_changes_only_the_head_reads_the_same_features(photos,
 def test_the_kept_features_are_the_ones_computed(photos, module32, tmp_path, own_feature_cache):
     run(photos, module32, tmp_path / "first")
     [features] = kept_features(own_feature_cache).values()
-    args, results = tl.parse_args(["--data-dir", str(photos)]), {}
-    splits, _ = tl.load_data(args, results)
-    extractor = tl.build_model(tl.load_module(module32, 32), 32, 2, 0.2)[2]
+    s, results = tl.parse_args(["--data-dir", str(photos)]), {}
+    splits, _ = load_data(s, results)
+    extractor = tl.build_model(tl.load_module(module32, 32), 32, 2, 0.2)[1]
     for name, (x, y, _) in splits.items():
         fresh = extractor.predict(tl.make_dataset(x, y, 32), verbose=0)
         np.testing.assert_allclose(features[name], fresh, atol=1e-5)
@@ -97,8 +98,7 @@ def test_anything_that_changes_the_features_computes_them_again(change, photos, 
 
 def test_the_features_file_changes_with_the_module_handle_also_for_urls(photos):
     """A URL names no local files: only the handle itself can tell two modules apart."""
-    args = tl.parse_args(["--data-dir", str(photos)])
-    splits, _ = tl.load_data(args, {})
+    splits, _ = load_data(tl.parse_args(["--data-dir", str(photos)]), {})
     names = {}
     for handle in ("https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5",
                    "https://tfhub.dev/google/imagenet/mobilenet_v3_small_100_224/feature_vector/5"):
@@ -154,7 +154,7 @@ def test_writing_leaves_no_half_file_and_the_folder_keeps_the_last_20(photos, ow
     savez = np.savez
     monkeypatch.setattr(tl.np, "savez", lambda f, **arrays: writes.append(f.name) or savez(f, **arrays))
     path = str(own_feature_cache / "new.npz")
-    tl.keep_features(features, {"features_file": path})
+    tl.keep_features(path, features)
     assert writes and not writes[0].endswith("new.npz")  # written under another name, then renamed
     left = sorted(os.listdir(own_feature_cache))
     assert len(left) == 20 and "new.npz" in left and "old24.npz" in left and "old5.npz" not in left

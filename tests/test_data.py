@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageFile
 
-from conftest import (fake_cifar10, jpeg_bytes, phone_jpeg_bytes, run_script, script_lines, tl,
-                      write_colour_images)
+from conftest import (fake_cifar10, jpeg_bytes, load_data, phone_jpeg_bytes, run_script,
+                      script_lines, tl, write_colour_images)
 
 COLOURS = {"cat": (200, 40, 40), "dog": (40, 40, 200)}
 FIVE = {"a": (200, 40, 40), "b": (40, 200, 40), "c": (40, 40, 200), "d": (200, 200, 40),
@@ -15,15 +15,15 @@ FIVE = {"a": (200, 40, 40), "b": (40, 200, 40), "c": (40, 40, 200), "d": (200, 2
 
 
 def load(*argv):
-    """load_data as the script calls it: (splits, classes, what it adds to metrics.json)."""
-    args, results = tl.parse_args([str(a) for a in argv]), {}
-    tl.check_args(args)
-    splits, classes = tl.load_data(args, results)
+    """Step 1 as the script runs it: (splits, classes, what it adds to metrics.json)."""
+    s, results = tl.parse_args([str(a) for a in argv]), {}
+    tl.check_args(s)
+    splits, classes = load_data(s, results)
     return splits, classes, results
 
 
 def load_error(capfd, *argv):
-    """The one line load_data ends with, exit status 2, for bad data."""
+    """The one line step 1 ends with, exit status 2, for bad data."""
     with pytest.raises(SystemExit) as exit_info:
         load(*argv)
     lines = script_lines(capfd.readouterr().err)
@@ -41,7 +41,7 @@ def cifar(monkeypatch):
 def test_cifar10_keeps_only_cats_and_dogs_relabelled_and_named(cifar):
     (_, y_train), (_, y_test) = cifar
     splits, classes, results = load()
-    assert classes == ["cat", "dog"] and results["data"] == "CIFAR-10"
+    assert classes == results["classes"] == ["cat", "dog"]
     assert len(splits["train"][1]) + len(splits["validation"][1]) == np.isin(y_train, [3, 5]).sum()
     assert len(splits["test"][1]) == np.isin(y_test, [3, 5]).sum()
     for name, (x, y, names) in splits.items():
@@ -189,6 +189,14 @@ def test_three_classes_in_one_folder_are_split_three_ways(three_colours):
     assert sum(map(len, paths)) == 120
 
 
+def test_validation_and_test_carved_from_one_folder_each_get_the_fraction_of_the_class(tmp_path):
+    """25 images of each class at 0.2: 5 for validation and 5 for test, both a fifth of the 25."""
+    write_colour_images(tmp_path, COLOURS, 25)
+    splits, _, _ = load("--data-dir", tmp_path, "--validation-split", "0.2")
+    assert {name: np.bincount(y).tolist() for name, (_, y, _) in splits.items()} == {
+        "train": [15, 15], "validation": [5, 5], "test": [5, 5]}
+
+
 def test_a_small_class_keeps_its_share_of_every_split(tmp_path):
     write_colour_images(tmp_path, {"a": (200, 40, 40)}, 40)
     write_colour_images(tmp_path, {"b": (40, 40, 200)}, 3, seed=1)
@@ -197,11 +205,15 @@ def test_a_small_class_keeps_its_share_of_every_split(tmp_path):
         assert set(y) == {0, 1}, f"{name} lacks a class: {np.bincount(y)}"
 
 
-def test_a_class_too_small_to_split_is_a_one_line_error(tmp_path, capfd):
+@pytest.mark.parametrize("count, fraction", [(2, "0.1"), (4, "0.4")])
+def test_a_class_too_small_to_split_is_a_one_line_error(count, fraction, tmp_path, capfd):
+    """Validation and test each take max(1, round(count * fraction)) of the class: nothing left
+    to train on (2 images: 1 + 1; 4 images at 0.4: 2 + 2)."""
     write_colour_images(tmp_path, {"a": (200, 40, 40)}, 40)
-    write_colour_images(tmp_path, {"b": (40, 40, 200)}, 2, seed=1)
-    line = load_error(capfd, "--data-dir", tmp_path)
-    assert "class b has 2 image(s)" in line and "at least 3" in line, line
+    write_colour_images(tmp_path, {"b": (40, 40, 200)}, count, seed=1)
+    line = load_error(capfd, "--data-dir", tmp_path, "--validation-split", fraction)
+    assert f"class b has {count} image(s)" in line and str(tmp_path) in line, line
+    assert "add images" in line and "--validation-split" in line, line
 
 
 def test_folders_named_only_like_splits_are_a_one_line_error(tmp_path, capfd):
@@ -403,8 +415,9 @@ def test_shrinking_an_image_antialiases_it(source, tmp_path):
 
 
 @pytest.mark.parametrize("source", ["arrays", "files"])
-def test_enlarging_cifar_sized_images_does_not_antialias(source, tmp_path):
-    """Enlarging needs no antialias, which costs 4 times as much: a plain resize, to the bit."""
+def test_enlarging_cifar_sized_images_gives_plain_bilinear_pixels(source, tmp_path):
+    """Antialiasing only matters when shrinking: enlarged, the pixels are a plain bilinear
+    resize's, to float rounding."""
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     if source == "files":
         for i, image in enumerate(pixels):
@@ -415,7 +428,7 @@ def test_enlarging_cifar_sized_images_does_not_antialias(source, tmp_path):
     else:
         images = next(iter(tl.make_dataset(pixels, np.zeros(4, int), 96)))[0].numpy()
     plain = tf.image.resize(tf.image.convert_image_dtype(pixels, tf.float32), (96, 96)).numpy()
-    assert np.array_equal(images, plain), np.abs(images - plain).max()
+    np.testing.assert_allclose(images, plain, rtol=0, atol=1e-5)
 
 
 def test_a_sideways_phone_photo_comes_out_of_the_pipeline_upright(tmp_path):

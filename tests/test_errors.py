@@ -630,8 +630,13 @@ def test_a_failing_export_keeps_the_finished_run(module32, colours, tmp_path, mo
     assert tl.main([*quick(module32), "--data-dir", str(colours), "--output-dir", str(out)]) == 1
     assert {"metrics.json", "history.png", "predictions.png", "confusion_matrix.png"} <= set(os.listdir(out))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "No space left on device" in metrics["last_step_error"] and "test_accuracy" in metrics
-    assert "No space left on device" in script_lines(capfd.readouterr().err)[-1]
+    error = metrics["last_step_error"]  # the whole traceback, down to the line that failed
+    assert error.startswith("Traceback") and "in broken_export" in error and "test_accuracy" in metrics
+    assert error.rstrip().splitlines()[-1] == "OSError: No space left on device"
+    err = capfd.readouterr().err
+    assert error.rstrip() in err and "OSError: No space left on device" in err
+    assert script_lines(err)[-1] == ("error: a step failed (above; also in metrics.json); the rest "
+                                     "of the run is saved")
     assert not os.path.exists(str(out) + ".partial")
 
 

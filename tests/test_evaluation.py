@@ -86,7 +86,7 @@ def squares(n, corner, seed):
 
 def trained_on(module, x, y):
     tf.keras.utils.set_random_seed(0)
-    model, _, extractor, head = tl.build_model(tl.load_module(module, 32), 32, 2, 0.0)
+    model, extractor, head = tl.build_model(tl.load_module(module, 32), 32, 2, 0.0)
     tl.compile_for_training(head, 0.05)
     head.fit(extractor.predict(x, verbose=0), y, epochs=40, batch_size=32, verbose=0)
     assert np.mean(model.predict(x, verbose=0).argmax(1) == y) > 0.9

@@ -77,10 +77,10 @@ def test_an_export_that_differs_is_reported_and_the_files_kept(module32, tmp_pat
     x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
     probabilities = model.predict(tl.scale_and_resize(x, 32), verbose=0)
     shifted = probabilities + np.array([0.2, -0.2], np.float32)  # as if from another device
-    test, results = (x, np.zeros(6, int), np.array(list("abcdef"))), {}
-    tl.export_model(model, ["a", "b"], test, {"probabilities": shifted}, 32, str(tmp_path), results)
-    assert results["export_check"]["passed"] is False
-    assert results["export_check"]["largest_difference"] == pytest.approx(0.2, abs=1e-3)
+    test = (x, np.zeros(6, int), np.array(list("abcdef")))
+    check = tl.export_model(model, ["a", "b"], test, {"probabilities": shifted}, 32, str(tmp_path))
+    assert check["passed"] is False and check["images"] == 6
+    assert check["largest_difference"] == pytest.approx(0.2, abs=1e-3)
     assert os.path.isfile(tmp_path / "model" / "saved_model.pb")
     assert (tmp_path / "labels.txt").read_text() == "a\nb\n"
     lines = script_lines(capfd.readouterr().err)
@@ -125,19 +125,35 @@ def test_predict_goes_through_serve_and_a_sideways_phone_photo_is_turned(photo_r
     assert up.split(": ")[1] == side.split(": ")[1]
 
 
-def test_predict_on_a_folder_classifies_the_photos_in_it(photo_run, tmp_path):
+def test_predict_on_a_folder_classifies_the_photos_in_it_and_names_the_other_files(photo_run,
+                                                                                   tmp_path):
     root, out, _, _ = photo_run
     folder = tmp_path / "new"
     folder.mkdir()
     for name in ("a.jpg", "b.jpg"):
         shutil.copy(root / "green" / "03.jpg", folder / name)
     (folder / "notes.txt").write_text("not a photo")
+    (folder / ".hidden.jpg").write_bytes(b"hidden: never read")
     result = run_script("--predict", folder, "--model-dir", out)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr  # a file in it could not be read
     lines = result.stdout.strip().splitlines()[-2:]
     assert lines[0].startswith(f"{folder / 'a.jpg'}: green") and lines[1].startswith(
         f"{folder / 'b.jpg'}: green")
-    assert "notes.txt" not in result.stdout + result.stderr
+    assert script_lines(result.stderr) == [
+        f"error: {folder / 'notes.txt'}: not a photo it can read; skipping it"]
+    assert "notes.txt" not in result.stdout and ".hidden" not in result.stdout + result.stderr
+
+
+def test_predict_on_an_empty_folder_is_a_one_line_error(photo_run, tmp_path, capfd):
+    _, out, _, _ = photo_run
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        tl.main(["--predict", str(folder), "--model-dir", str(out)])
+    captured = capfd.readouterr()
+    lines = script_lines(captured.err)
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in captured.err
+    assert lines[0].startswith("error:") and str(folder) in lines[0] and "--predict" in lines[0]
 
 
 def test_predict_says_no_such_file_and_still_predicts_the_rest(photo_run, tmp_path, capsys):

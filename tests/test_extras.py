@@ -24,6 +24,7 @@ def fine_tuned(three_colours, module32, tmp_path_factory):
 
 def test_fine_tuning_changes_the_base_but_not_its_batchnorm_statistics(fine_tuned, module32):
     out, m, _ = fine_tuned
+    assert m["fine_tuning_kept"] is True  # the model exported is the fine-tuned one
     original = {v.name: v.numpy() for v in tf.saved_model.load(module32).variables}
     tuned = exported_base_weights(out)
     assert tuned.keys() == original.keys()
@@ -37,8 +38,9 @@ def test_fine_tuning_changes_the_base_but_not_its_batchnorm_statistics(fine_tune
 
 def test_fine_tuning_reports_the_test_accuracy_before_and_after(fine_tuned):
     _, m, _ = fine_tuned
-    assert m["settings"]["fine_tune_epochs"] == 2 and 0 < m["test_accuracy_head_alone"] <= 1
-    assert m["test_accuracy"] >= 0.9
+    assert m["settings"]["fine_tune_epochs"] == 2 and m["fine_tuning_kept"] is True
+    assert 0 < m["head_alone"]["test_accuracy"] <= 1 and 1 <= m["head_alone"]["kept_epoch"] <= 30
+    assert m["test_accuracy"] >= 0.9 and 1 <= m["kept_epoch"] <= 2  # the fine-tuned model's
     assert list(m["seconds"]) == ["1. Data", "2. Model", "3. Bottleneck features",
                                   "4. Training the head", "5. Evaluation", "6. Plots", "7. Export",
                                   "8. Fine-tuning", "8. Evaluation, plots and export again",
@@ -79,18 +81,35 @@ def test_fine_tuning_takes_batches_of_16_at_a_rate_scaled_to_match(three_colours
 
 
 def test_fine_tuning_that_does_worse_gives_back_the_frozen_models_weights(three_colours, module32,
-                                                                          tmp_path, capsys):
-    """A learning rate so high that fine-tuning wrecks the model: the head-only weights return."""
+                                                                          tmp_path, monkeypatch,
+                                                                          capsys):
+    """A learning rate so high that fine-tuning changes every weight of the base, and a
+    validation loss worse than the head's: the head-only weights return, and its numbers."""
+    fit, seen = tl.fit_keeping_the_best_epoch, []
+    def fit_doing_worse_on_images(model, training, validation, epochs):
+        seen.append((model, model.get_weights()))
+        history, kept = fit(model, training, validation, epochs)
+        if len(seen) == 2:  # on the images: worse on validation than any epoch of the head's
+            history = dict(history, val_loss=[loss + 100 for loss in history["val_loss"]])
+        return history, kept
+    monkeypatch.setattr(tl, "fit_keeping_the_best_epoch", fit_doing_worse_on_images)
     status, m = run_main("--data-dir", three_colours, "--model-handle", module32, "--output-dir",
                          tmp_path / "run", *FAST, "--epochs", 30, "--fine-tune-epochs", 1,
                          "--fine-tune-learning-rate", 50)
-    assert status == 0
-    assert "The head alone did better on the validation images" in capsys.readouterr().out
+    assert status == 0 and len(seen) == 2
+    printed = capsys.readouterr().out
+    assert "The head alone did better on the validation images" in printed
+    model, weights_before = seen[1]  # the model fine-tuned, as it was before fine-tuning
+    for before, now in zip(weights_before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, now)
     original = {v.name: v.numpy() for v in tf.saved_model.load(module32).variables}
     exported = exported_base_weights(tmp_path / "run")
     for name in original:
         np.testing.assert_array_equal(exported[name], original[name])
-    assert m["test_accuracy"] == m["test_accuracy_head_alone"]
+    assert m["fine_tuning_kept"] is False and "head_alone" not in m
+    [evaluated] = [line for line in printed.splitlines() if line.startswith("Test accuracy ")]
+    assert evaluated.startswith(f"Test accuracy {m['test_accuracy']:.4f} on {m['num_test']} "
+                                f"images, loss {m['test_loss']:.4f}.")  # the head's, step 5
 
 
 def test_tflite_model_predicts_the_same_classes(fine_tuned, three_colours):
@@ -114,7 +133,8 @@ def run_augmented(module, tmp_path, monkeypatch, pattern):
     seen = {}
     def record(model, training, validation, epochs):
         seen["training"], seen["validation"] = training, validation  # the last: on images
-        return {"loss": [1.0], "val_loss": [9.0], "accuracy": [0.5], "val_accuracy": [0.5]}
+        history = {"loss": [1.0], "val_loss": [9.0], "accuracy": [0.5], "val_accuracy": [0.5]}
+        return history, dict(kept_epoch=1, train_accuracy=0.5, val_accuracy=0.5)
     monkeypatch.setattr(tl, "fit_keeping_the_best_epoch", record)
     rows, cols = np.mgrid[:32, :32]
     shape = {"bar": np.abs(rows - 15.5) < 2,  # a horizontal bar across the middle
@@ -155,7 +175,8 @@ def test_augmentation_alone_keeps_the_base_frozen_and_reports_both_accuracies(mo
     write_colour_images(tmp_path / "data", {"a": (200, 40, 40), "b": (40, 40, 200)}, 10)
     status, m = run_main("--data-dir", tmp_path / "data", "--model-handle", module32,
                          "--output-dir", tmp_path / "run", *FAST, "--epochs", 2, "--augment")
-    assert status == 0 and 0 <= m["test_accuracy_head_alone"] <= 1
+    assert status == 0 and m["fine_tuning_kept"] is True
+    assert 0 <= m["head_alone"]["test_accuracy"] <= 1 and 0 <= m["test_accuracy"] <= 1
     assert "8. Training on augmented images" in m["seconds"]
     original = {v.name: v.numpy() for v in tf.saved_model.load(module32).variables}
     exported = exported_base_weights(tmp_path / "run")

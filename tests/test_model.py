@@ -3,6 +3,7 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,10 +33,10 @@ def frozen_state(base):
 
 
 def test_only_the_head_is_trainable(module32):
-    model, base, extractor, head = build(module32)
+    model, extractor, head = build(module32)
     assert model.output_shape == (None, 3) and extractor.output_shape == head.input_shape
     assert [w.name.split("/")[0] for w in model.trainable_weights] == ["classifier", "classifier"]
-    assert base.non_trainable_weights and base is model.get_layer("mobilenet_v2")
+    assert model.get_layer("mobilenet_v2").non_trainable_weights
     probabilities = model.predict(np.random.rand(4, 32, 32, 3).astype("float32"), verbose=0)
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
@@ -44,7 +45,8 @@ def test_training_the_whole_model_on_images_leaves_the_frozen_base_unchanged(mod
     """Not just the head: the whole model, so an unfrozen base or BatchNorm in training mode
     would show."""
     tf.keras.utils.set_random_seed(0)
-    model, base, _, _ = build(module32)
+    model, _, _ = build(module32)
+    base = model.get_layer("mobilenet_v2")
     before, head_before = frozen_state(base), model.get_layer("classifier").get_weights()
     x, y, _ = colour_split(64, 0)
     tl.compile_for_training(model, 0.1)
@@ -55,7 +57,7 @@ def test_training_the_whole_model_on_images_leaves_the_frozen_base_unchanged(mod
 
 
 def test_features_are_the_frozen_base_output_one_row_per_image(module32):
-    _, _, extractor, _ = build(module32)
+    _, extractor, _ = build(module32)
     splits = {"train": colour_split(70, 1), "validation": colour_split(20, 2),
               "test": colour_split(33, 3)}
     datasets = {name: tl.make_dataset(x, y, 32) for name, (x, y, _) in splits.items()}
@@ -68,7 +70,7 @@ def test_features_are_the_frozen_base_output_one_row_per_image(module32):
 
 def test_progress_written_to_a_log_is_a_line_a_tenth_ending_with_all_images(module32, capsys):
     """Not a terminal (a file, a pipe): not a progress entry per batch, flooding the log."""
-    _, _, extractor, _ = build(module32)
+    _, extractor, _ = build(module32)
     x, y, _ = colour_split(3000, 0)  # 94 batches
     assert not tl.sys.stdout.isatty()
     progress = tl.show_progress("train", len(y))  # as compute_features uses it
@@ -90,51 +92,52 @@ def test_the_kept_epoch_has_the_lowest_validation_loss(module32):
     """Validation labels that contradict training: the better the head learns, the worse
     validation gets, so the epoch to keep is an early one, not the last."""
     tf.keras.utils.set_random_seed(0)
-    _, _, extractor, head = build(module32, dropout=0.0)
+    _, extractor, head = build(module32, dropout=0.0)
     train, val = colour_split(120, 0), colour_split(60, 1)
     val = (val[0], (val[1] + 1) % 3, val[2])
     features = {name: extractor.predict(x.astype(np.float32) / 255, verbose=0)
                 for name, (x, _, _) in (("train", train), ("validation", val))}
-    args = tl.parse_args(["--epochs", "8", "--learning-rate", "0.05", "--batch-size", "16"])
-    results = {}
+    s = tl.parse_args(["--epochs", "8", "--learning-rate", "0.05", "--batch-size", "16"])
     # No test split at all: if training looked at the test images it would fail with a KeyError.
-    history = tl.train_head(head, features, {"train": train, "validation": val}, ["r", "g", "b"],
-                            args, results)
+    history, measured = tl.train_head(head, features, {"train": train, "validation": val}, 3, s)
     kept = int(np.argmin(history["val_loss"]))
-    assert kept < 7 and results["kept_epoch"] == kept + 1
+    assert kept < 7 and measured["kept_epoch"] == kept + 1
     loss, accuracy = head.evaluate(features["validation"], val[1], verbose=0)
     assert loss == pytest.approx(history["val_loss"][kept], rel=1e-4)
-    assert results["val_accuracy"] == history["val_accuracy"][kept] == pytest.approx(accuracy)
-    assert results["train_accuracy"] == history["accuracy"][kept]
+    assert measured["val_accuracy"] == history["val_accuracy"][kept] == pytest.approx(accuracy)
+    assert measured["train_accuracy"] == history["accuracy"][kept]
 
 
 def test_accuracy_before_training_is_measured_on_the_validation_images(module32):
     """The same features, with the labels swapped between the splits: the untrained head's
     accuracy on validation is 1 minus its accuracy on training (31 images: never a tie)."""
     tf.keras.utils.set_random_seed(0)
-    _, _, _, head = build(module32, classes=2, dropout=0.0)
+    _, _, head = build(module32, classes=2, dropout=0.0)
     features = np.random.default_rng(0).normal(size=(31, head.input_shape[1])).astype(np.float32)
     predicted = head.predict(features, verbose=0).argmax(axis=1)
     names = np.arange(31).astype(str)
     splits = {"train": (None, 1 - predicted, names), "validation": (None, predicted, names)}
-    results = {}
-    tl.train_head(head, {"train": features, "validation": features}, splits, ["a", "b"],
-                  tl.parse_args(["--epochs", "1"]), results)
-    assert results["accuracy_before_training"] == 1.0  # on training it would be 0.0
+    _, measured = tl.train_head(head, {"train": features, "validation": features}, splits, 2,
+                                tl.parse_args(["--epochs", "1"]))
+    assert measured["accuracy_before_training"] == 1.0  # on training it would be 0.0
 
 
-def test_the_numbers_reported_are_the_kept_epochs(module32, monkeypatch):
+def test_the_numbers_reported_are_the_kept_epochs(module32, monkeypatch, capsys):
+    """Training that gives this history (the weights loaded back are the kept epoch's): the
+    second epoch's numbers are the ones reported, not the last epoch's."""
     history = {"loss": [0.9, 0.7, 0.5, 0.3], "accuracy": [0.5, 0.6, 0.7, 0.9],
                "val_loss": [0.8, 0.6, 0.65, 0.7], "val_accuracy": [0.55, 0.66, 0.64, 0.61]}
-    monkeypatch.setattr(tl, "fit_keeping_the_best_epoch", lambda *args: history)
-    _, _, _, head = build(module32)
+    _, _, head = build(module32)
+    monkeypatch.setattr(head, "fit", lambda *args, **kwargs: SimpleNamespace(history=history))
+    monkeypatch.setattr(head, "load_weights", lambda path: None)
     split = colour_split(30, 0)
     features = {name: np.zeros((30, head.input_shape[1]), np.float32)
                 for name in ("train", "validation")}
-    results = {}
-    tl.train_head(head, features, {"train": split, "validation": split}, ["r", "g", "b"],
-                  tl.parse_args([]), results)
-    assert (results["kept_epoch"], results["train_accuracy"], results["val_accuracy"]) == (2, 0.6, 0.66)
+    _, measured = tl.train_head(head, features, {"train": split, "validation": split}, 3,
+                                tl.parse_args([]))
+    assert (measured["kept_epoch"], measured["train_accuracy"], measured["val_accuracy"]) == (
+        2, 0.6, 0.66)
+    assert "Kept epoch 2: training accuracy 0.600, validation 0.660" in capsys.readouterr().out
 
 
 def test_the_test_images_never_choose_the_epoch(module32, tmp_path):
@@ -155,12 +158,14 @@ def test_test_loss_is_the_cross_entropy_of_the_true_class(tmp_path):
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32)
     labels = np.array([0, 1, 1, 0])
     model = tf.keras.Sequential([tf.keras.layers.Lambda(lambda x: x)])
-    results = {}
-    tl.evaluate(model, probabilities, (np.zeros(4), labels, np.array(list("abcd"))), ["x", "y"],
-                results)
+    test, measured = tl.evaluate(model, probabilities, (np.zeros(4), labels, np.array(list("abcd"))),
+                                 ["x", "y"])
     expected = -np.mean(np.log([0.9, 0.8, 0.4, 0.3]))
-    assert results["test_loss"] == pytest.approx(expected, rel=1e-5)
-    assert results["test_accuracy"] == 0.5 and results["per_class_accuracy"] == {"x": 0.5, "y": 0.5}
+    assert measured["test_loss"] == pytest.approx(expected, rel=1e-5)
+    assert measured["test_accuracy"] == 0.5 and measured["per_class_accuracy"] == {"x": 0.5, "y": 0.5}
+    assert measured["confusion_matrix"] == [[1, 1], [1, 1]]
+    np.testing.assert_allclose(test["probabilities"], probabilities)
+    np.testing.assert_array_equal(test["confusion"], [[1, 1], [1, 1]])
 
 
 @pytest.fixture
@@ -169,7 +174,7 @@ def captured(monkeypatch):
     seen = {}
     build_model, fit = tl.build_model, tl.fit_keeping_the_best_epoch
     def recording_build(*args):
-        seen["model"], seen["base"], seen["extractor"], seen["head"] = built = build_model(*args)
+        seen["model"], seen["extractor"], seen["head"] = built = build_model(*args)
         return built
     def recording_fit(model, training, validation, epochs):
         seen.setdefault("training", training)
@@ -204,7 +209,7 @@ def test_the_seed_reaches_the_heads_first_weights_and_training_order_not_only_th
     build_model, fit = tl.build_model, tl.fit_keeping_the_best_epoch
     def recording_build(*args):
         built = build_model(*args)
-        seen.append({"first weights": built[3].get_layer("classifier").get_weights()[0]})
+        seen.append({"first weights": built[2].get_layer("classifier").get_weights()[0]})
         return built
     def recording_fit(model, training, validation, epochs):
         history = fit(model, training, validation, epochs)
@@ -232,7 +237,7 @@ needs_litert = pytest.mark.skipif(tl.LiteRT is None, reason="LiteRT has no wheel
 
 @needs_litert
 def test_litert_features_equal_keras_features(module32):
-    _, _, extractor, _ = build(module32)
+    _, extractor, _ = build(module32)
     x, y, _ = colour_split(70, 2)
     images = tl.make_dataset(x, y, 32, 32)  # 32 + 32 + 6: the last batch is smaller
     keras = extractor.predict(images, verbose=0)
@@ -243,6 +248,8 @@ def test_litert_features_equal_keras_features(module32):
 
 @pytest.mark.parametrize("images, device, chosen", [
     (300, "CPU", "keras"),     # --max-images 100: too few to repay the conversion
+    (999, "CPU", "keras"),
+    (1000, "CPU", "litert"),
     (1500, "CPU", "litert"),
     (12000, "CPU", "litert"),  # all of CIFAR-10's cats and dogs
     (12000, "GPU", "keras"),
@@ -251,10 +258,8 @@ def test_auto_uses_litert_only_on_a_cpu_with_enough_images(images, device, chose
     monkeypatch.setattr(tl, "device", lambda: device)
     splits = {"train": (None, np.zeros(images), None)}
     for wanted, expected in (("auto", chosen), ("keras", "keras"), ("litert", "litert")):
-        results = {}
-        args = tl.parse_args(["--features-with", wanted])
-        assert tl.use_litert(args, splits, results) == (expected == "litert")
-        assert results["features_with"] == expected
+        s = tl.parse_args(["--features-with", wanted])
+        assert tl.choose_runtime(s, splits) == expected
 
 
 @needs_litert
