@@ -1,44 +1,45 @@
 """Transfer learning: MobileNetV2, trained on ImageNet, learns your classes in minutes.
 
-MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. Kept "frozen", that is
-unchanged, it turns each image into 1280 numbers, its "features"; a small new "head" (Dropout,
-then Dense) learns your classes from them: CIFAR-10's cats and dogs, or your own photos. Then we
-test it honestly, see where it looks and what it gets wrong, and export it. The data flow:
+MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. Kept "frozen" (its
+weights never change), it turns each image into 1280 numbers, its "features", the same every time:
+so we compute them once, and a small new "head" (Dropout, then Dense) learns your classes from them
+in seconds: CIFAR-10's cats and dogs, or your own photos. Then we test it honestly, see where it
+looks and what it gets wrong, and export it. The data flow, N images at a time:
 images (N, 224, 224, 3) -> frozen base -> features (N, 1280) -> head -> probabilities (N, 2).
-    python transfer_learning.py  [--max-images 300: a quick look]  [--help: every setting]
-    python transfer_learning.py --data-dir DIR    your photos: DIR/cat/*.jpg, DIR/dog/*.jpg, ...
-    %run transfer_learning.py --max-images 300    in a notebook: each picture as it is made
+    python transfer_learning.py [--max-images 300: a quick look] [--data-dir DIR: your photos]
+    %run transfer_learning.py --max-images 300    (in a notebook: each picture as it is made)
 Set up: pip install -r requirements.txt. A first run takes a minute or two on a laptop CPU; the
 head is right about 79 times in 100 on new images (chance: 50). It writes runs/<date-time>/.
-Read it from the top: the settings, run_lesson() (the contents), steps 1-7, extra lessons 8-11;
-after a banner, an appendix of machinery that makes it a robust tool, not needed to learn.
+Read it from the top: the settings, run_lesson() (the contents), the lesson's steps 1-7, extra
+lessons 8-11 (9 and 11 run every time); after a banner, machinery nobody needs to read to learn.
 """
 import argparse, csv, dataclasses, functools, hashlib, io, json, os, platform, shlex, shutil
 import signal, sys, tempfile, time, traceback, types
 
-# Set before TensorFlow loads. TF Hub's layers need Keras 2 (tf-keras), not TensorFlow's Keras 3.
+# Start-up, before TensorFlow loads; nothing to learn here. TF Hub's layers need Keras 2 (tf-keras),
+# not Keras 3; TensorFlow's loading messages stay quiet (in a notebook: sent nowhere); Ctrl-C too.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no screenfuls of start-up messages
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # a CPU feature pass 20% faster
-stderr = os.dup(2)  # in a notebook, TensorFlow's loading messages ("no cuda drivers") go nowhere
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # LiteRT's pass 20% faster (appendix B)
+real_stderr = os.dup(2)
 if "ipykernel" in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-try:  # Ctrl-C in the seconds TensorFlow takes to load: stop quietly, as at any other time
+try:
     import matplotlib.pyplot as plt
     import numpy as np
     import tensorflow as tf
     import tensorflow_hub as hub
     from PIL import ExifTags, Image, ImageOps
-    tf.config.list_physical_devices("GPU")  # looks for CUDA, with messages of its own
+    tf.config.list_physical_devices("GPU")  # its first look for CUDA prints too: now, quietly
 except KeyboardInterrupt:
+    print("Interrupted.", file=sys.stderr)
     sys.exit(130)
 finally:
-    os.dup2(stderr, 2)
-# The TF Hub "handle" (address) of the "module" (a saved network) we start from: MobileNetV2
-# trained on ImageNet, as a feature vector: 224x224 images in [0, 1] in, 1280 numbers out.
+    os.dup2(real_stderr, 2)
+# The TF Hub "handle" (address) of the "module" (a saved network) we start from: MobileNetV2.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 CIFAR10_CAT, CIFAR10_DOG = 3, 5  # CIFAR-10's numbers for its cat and dog classes
-BATCH = 32  # images per batch when the network predicts (training batches: batch_size)
+PREDICT_BATCH = 32  # images per batch through the frozen base (the head trains in batch_size)
 
 def setting(default, why, **flag):  # a setting's default, and why, for Settings and --help
     return dataclasses.field(default=default, metadata=dict(help=why, **flag))
@@ -48,31 +49,32 @@ class Settings:
     """Every setting, its default and why. Each is a flag too: --data-dir photos/, --epochs 20."""
     data_dir: str = setting(None, "your photos, DIR/<class>/*.jpg (appendix C); none: CIFAR-10")
     max_images: int = setting(None, "about this many images per split, for a quick look; none: all")
-    validation_split: float = setting(0.1, "each class's share held out to validate (and test)")
+    validation_split: float = setting(0.1, "each class's share held out for validation (step 1)")
     model_handle: str = setting(DEFAULT_HANDLE, "TF Hub URL or folder of the base's SavedModel")
     image_size: int = setting(224, "pixels per side the base takes: 224 for MobileNetV2")
     dropout: float = setting(0.2, "share of the features hidden at each training step (step 2)")
     epochs: int = setting(10, "passes over the training features; the best one is kept")
-    batch_size: int = setting(64, "images per training step; the head learns from their average")
+    batch_size: int = setting(64, "images per training step of the head (step 4)")
     learning_rate: float = setting(1e-3, "how far each step moves the head's weights")
     seed: int = setting(42, "random seed for the splits and training: the same run twice")
+    # For the extra lessons, and the tool
     fine_tune_epochs: int = setting(0, "lesson 8: then train the whole network (3 GB of memory)")
     fine_tune_learning_rate: float = setting(1e-4, "lesson 8: its peak, for batches of batch_size")
     augment: bool = setting(False, "lesson 8: train on flipped, turned and zoomed images (slow)")
     tflite: bool = setting(False, "lesson 10: also export model.tflite, for phones")
-    predict: str = setting(None, "lesson 10: classify photos with --model-dir's", nargs="+")
+    predict: str = setting(None, "lesson 10: classify these photos", nargs="+", metavar="PHOTO")
     model_dir: str = setting(None, "lesson 10: the folder of an earlier run, for --predict")
     output_dir: str = setting(None, "folder for this run; none: a new runs/<date-time>")
     no_show: bool = setting(False, "save the pictures without showing them")
     no_cache: bool = setting(False, "compute the features afresh, and keep none (appendix B)")
-    features_with: str = setting("auto", "keras, litert, or auto: litert on a CPU (appendix B)",
-                                 choices=["auto", "keras", "litert"])
+    features_with: str = setting("auto", "keras, litert, or auto: litert on a CPU (appendix B)")
 
 def run_lesson(s, run_dir, results):
-    """The table of contents: a function per step, defined below in this order. s: the settings;
-    run_dir: this run's folder; results: what the steps measured, for metrics.json (main())."""
-    print(f"Running on the {device()}.")  # device() (appendix A): GPU if TensorFlow finds one
-    step("1. Data")  # prints the title (appendix A; each call of a helper there says so)
+    """The table of contents: a function per step, defined below in this order (helpers that are
+    not the lesson's are in the appendix, named where they are called). s: the settings; run_dir:
+    this run's folder; results: what the steps measured, for metrics.json (main() writes it)."""
+    print(f"Running on the {device()}.")  # the GPU if TensorFlow finds one
+    step("1. Data")  # prints the step's title
     splits, classes = load_photos(s, results) if s.data_dir else load_cifar10_cats_and_dogs()
     splits = carve_missing_splits(splits, s.validation_split, s.seed)
     splits = sample(splits, s.max_images, s.seed)  # --max-images: a quick look (appendix A)
@@ -93,19 +95,21 @@ def run_lesson(s, run_dir, results):
     history, measured = train_head(head, features, splits, len(classes), s)
     results.update(measured)
     step("5. Evaluation")
-    test, measured = evaluate(head, features["test"], splits["test"], classes)
+    evaluated, measured = evaluate(head, features["test"], splits["test"], classes)
     results.update(measured)
-    step("6. Plots")
-    plot_results([history], test, splits["test"], classes, s.image_size, run_dir)
+    step("6. Plots")  # [history]: a list, as lesson 8 adds a history of its own
+    plot_results([history], evaluated, splits["test"], classes, s.image_size, run_dir)
     step("7. Export")
-    results["export_check"] = export_model(model, classes, splits["test"], test, s.image_size,
+    results["export_check"] = export_model(model, classes, splits["test"], evaluated, s.image_size,
                                            run_dir)
-    if s.fine_tune_epochs or s.augment:  # the extra lessons, 8 to 11, follow step 7
-        model, test = train_on_images(model, history, test, splits, datasets, classes, s,
-                                      run_dir, results)
-    results.update(read_the_results(model, test, splits["test"], classes, s.image_size, run_dir))
+    # Extra lessons, after the banner below step 7: 9 and 11 every time, 8 and 10 if asked for
+    if s.fine_tune_epochs or s.augment:
+        model, evaluated = train_on_images(model, history, evaluated, splits, datasets, classes,
+                                           s, run_dir, results)
+    results.update(read_the_results(model, evaluated, splits["test"], classes, s.image_size,
+                                    run_dir))
     if s.tflite:
-        results.update(export_tflite(model, splits["test"], test, s.image_size, run_dir))
+        results.update(export_tflite(model, splits["test"], evaluated, s.image_size, run_dir))
     print_what_to_try_next(s, results["output_dir"])
 
 # 1. Data --------------------------------------------------------------------------------------
@@ -125,23 +129,12 @@ def load_cifar10_cats_and_dogs():
 def carve_missing_splits(splits, fraction, seed):
     """CIFAR-10 has no validation split: each split missing is carved out of the training images."""
     missing = [name for name in ("validation", "test") if name not in splits]
+    # carve (appendix A): the same fraction of each class, at random; the rest stays in train
     splits["train"], *carved = carve(splits["train"], fraction, seed, parts=len(missing))
     splits.update(zip(missing, carved))
     return {name: splits[name] for name in ("train", "validation", "test")}
 
-def carve(split, fraction, seed, parts=1):
-    """[rest, part 1, ...]: each part gets the fraction of each class (at least one image), at
-    random: "stratified", every class keeps its share. The same seed carves the same images."""
-    labels, rng = split[1], np.random.default_rng(seed)
-    part = np.zeros(len(labels), dtype=int)  # 0: the rest; 1, 2, ...: carved into that part
-    for label in np.unique(labels):
-        of_class = rng.permutation(np.flatnonzero(labels == label))  # this class's, shuffled
-        size = max(1, round(len(of_class) * fraction))
-        for k in range(1, parts + 1):
-            part[of_class[(k - 1) * size:k * size]] = k
-    return [subset(split, part == k) for k in range(parts + 1)]  # subset: in appendix A
-
-def make_dataset(x, y, image_size, batch_size=BATCH, shuffle_seed=None):
+def make_dataset(x, y, image_size, batch_size=PREDICT_BATCH, shuffle_seed=None):
     """Batches of (images, labels) from tf.data, which reads and resizes each image only when it is
     needed (12000 upscaled images would take 7 GB); prefetch readies the next batch meanwhile."""
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
@@ -175,8 +168,8 @@ def show_data(train, classes, size, path):
             axes[label, 2 * k + 1].imshow(received)
             axes[label, 2 * k + 1].set_title(f"as the network gets it: {size}x{size}")
     save_and_show(fig, path)  # and shown now in a notebook, at the end in a window (appendix A)
-    print(f"The network gets batches of shape {(BATCH, *received.shape)}: images, height, width, "
-          f"colours; each value from 0 (black) to 1 (white), here {received.max():.2f} at most.")
+    print(f"The base gets batches of shape {(PREDICT_BATCH, *received.shape)}: images, height, "
+          f"width, colours; values from 0 (black) to 1 (white), here {received.max():.2f} at most.")
 
 # 2. Model -------------------------------------------------------------------------------------
 def build_model(module, image_size, num_classes, dropout):
@@ -228,10 +221,9 @@ def train_head(head, features, splits, num_classes, s):
     compile_for_training(head, s.learning_rate)  # how the head learns, and its loss: below
     before = head.evaluate(*validation, verbose=0, return_dict=True)["accuracy"]
     print(f"Validation accuracy before training: {before:.3f} (chance: {1 / num_classes:.3f}).\n"
-          "Each epoch: batches, seconds, loss and accuracy on the training features, then the "
-          "same on validation (val_).")
-    history, kept = fit_keeping_the_best_epoch(head, training, validation, s.epochs)
-    return history, dict(accuracy_before_training=before, **kept)
+          "Each epoch: loss and accuracy on the training features, then on validation (val_).")
+    history, best = fit_keeping_the_best_epoch(head, training, validation, s.epochs)
+    return history, dict(accuracy_before_training=before, **best)
 
 def compile_for_training(model, learning_rate):
     """Adam nudges the weights to lower the loss, in steps as large as the learning rate. The loss
@@ -241,10 +233,10 @@ def compile_for_training(model, learning_rate):
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 def fit_keeping_the_best_epoch(model, training, validation, epochs):
-    """model.fit, then back to the epoch with the lowest validation loss (lower the surer the right
-    answers; unlike accuracy, it rarely ties), never the test loss: test images stay unseen. The
-    ModelCheckpoint callback saves the weights of each epoch better than all before; we load the
-    last saved. Returns the history (a list per metric, one number per epoch), the kept epoch's."""
+    """model.fit, then back to the epoch with the lowest validation loss (the surer of its right
+    answers, the lower; unlike accuracy, it rarely ties), never the test loss: test images stay
+    unseen. The ModelCheckpoint callback saves the weights of each epoch better than all before;
+    we load the last saved. Returns the history (a list per metric, one number per epoch)."""
     with tempfile.TemporaryDirectory() as folder:
         best = os.path.join(folder, "best.weights.h5")
         save_best = tf.keras.callbacks.ModelCheckpoint(best, monitor="val_loss",
@@ -253,12 +245,12 @@ def fit_keeping_the_best_epoch(model, training, validation, epochs):
         history = model.fit(training, validation_data=validation, epochs=epochs,
                             callbacks=[save_best], verbose=1 if sys.stdout.isatty() else 2).history
         model.load_weights(best)
-    kept = int(np.argmin(history["val_loss"]))  # argmin: where the lowest value is
-    print(f"Kept epoch {kept + 1}: training accuracy {history['accuracy'][kept]:.3f}, validation "
-          f"{history['val_accuracy'][kept]:.3f}. Training far above validation would be "
-          "overfitting; below, it is measured while dropout hides features.")
-    return history, dict(kept_epoch=kept + 1, train_accuracy=history["accuracy"][kept],
-                         val_accuracy=history["val_accuracy"][kept])
+    best = int(np.argmin(history["val_loss"]))  # argmin: where the lowest value is
+    print(f"Kept epoch {best + 1}: training accuracy {history['accuracy'][best]:.3f}, validation "
+          f"{history['val_accuracy'][best]:.3f}. Training far above validation would be "
+          "overfitting; a little below is normal: Keras measures it while dropout hides features.")
+    return history, dict(kept_epoch=best + 1, train_accuracy=history["accuracy"][best],
+                         val_accuracy=history["val_accuracy"][best])
 
 # 5. Evaluation --------------------------------------------------------------------------------
 def evaluate(model, inputs, test, classes):
@@ -279,17 +271,19 @@ def evaluate(model, inputs, test, classes):
     return dict(probabilities=probabilities, confusion=confusion), measured
 
 # 6. Plots -------------------------------------------------------------------------------------
-def plot_results(histories, test, split, classes, image_size, run_dir):
+def plot_results(histories, evaluated, test_split, classes, image_size, run_dir):
     """history.png: loss and accuracy per epoch (validation falling behind training: overfitting);
     confusion_matrix.png; predictions.png: 16 test images. The drawing is in appendix A."""
     plot_history(histories, os.path.join(run_dir, "history.png"))  # the head's; lesson 8's too
-    plot_confusion_matrix(test["confusion"], classes, os.path.join(run_dir, "confusion_matrix.png"))
+    plot_confusion_matrix(evaluated["confusion"], classes,
+                          os.path.join(run_dir, "confusion_matrix.png"))
     # examples (appendix A): 16 test images, right and wrong ones of every class, resized
-    images, labels, probabilities = examples(split, test["probabilities"], 16, image_size)
-    plot_predictions(images, labels, probabilities, classes, f"{run_dir}/predictions.png")
+    images, labels, probabilities = examples(test_split, evaluated["probabilities"], 16, image_size)
+    plot_predictions(images, labels, probabilities, classes,
+                     os.path.join(run_dir, "predictions.png"))
 
 # 7. Export ------------------------------------------------------------------------------------
-def export_model(model, classes, test, evaluated, image_size, run_dir):
+def export_model(model, classes, test_split, evaluated, image_size, run_dir):
     """model/: a SavedModel (TensorFlow's format for a model's functions and weights) whose serve()
     takes photos as they come, scales and resizes them as training did, and returns a probability
     per class in labels.txt's order. Lesson 10's --predict uses it; so can any Python program."""
@@ -303,16 +297,14 @@ def export_model(model, classes, test, evaluated, image_size, run_dir):
     with open(os.path.join(run_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(name + "\n" for name in classes))
     # check_export (appendix A): does model/, reloaded, give 8 test images the same probabilities?
-    return check_export(run_dir, test, evaluated["probabilities"], image_size)
+    return check_export(run_dir, test_split, evaluated["probabilities"], image_size)
 
-# ==============================================================================================
-# The lesson, steps 1 to 7, ends here. Extra lessons 8 to 11 follow; then the tutorial ends.
-# ==============================================================================================
+# == The lesson, steps 1 to 7, ends here. Extra lessons 8-11 follow (9 and 11 run every time). ==
 
 # 8. Training on the images themselves: fine-tuning and augmentation ---------------------------
 FINE_TUNE_BATCH = 16  # images per batch when fine-tuning the base: below, why
 
-def train_on_images(model, history, test, splits, datasets, classes, s, run_dir, results):
+def train_on_images(model, history, evaluated, splits, datasets, classes, s, run_dir, results):
     """The other half of transfer learning: the model trains on the images themselves, not on
     features computed once. Augmentation shows new variants of each photo every epoch, and
     fine-tuning changes the base, so the base must run on every image, every epoch.
@@ -321,12 +313,10 @@ def train_on_images(model, history, test, splits, datasets, classes, s, run_dir,
     Keras computes the gradients (how much the loss would change as each weight changes), and
     the optimizer moves every weight a little against its gradient.
     - The learning rate is far below the head's, so that noisy gradients from a few thousand
-      images cannot overwrite what ImageNet taught the base.
-    - It warms up from zero, then decays to zero: at full rate from the first step, Adam moves
-      every weight at once, and the model falls below the frozen one (we tried).
+      images cannot overwrite what ImageNet taught the base; it warms up, then decays (below).
     - If the head alone did better on the validation images, its weights come back."""
     step("8. Fine-tuning" if s.fine_tune_epochs else "8. Training on augmented images")
-    weights_before = model.get_weights()
+    weights_before = [(weight, weight.numpy()) for weight in model.weights]  # to give back
     head_alone = {key: results[key] for key in ("kept_epoch", "train_accuracy", "val_accuracy",
                                                 "test_accuracy", "test_loss")}
     # Training keeps every layer's outputs for each image of a batch, to compute the gradients:
@@ -344,30 +334,33 @@ def train_on_images(model, history, test, splits, datasets, classes, s, run_dir,
         epochs, learning_rate = s.fine_tune_epochs, fine_tuning_rate(s, batch_size, len(images))
         model = unfreeze(model)
     compile_for_training(model, learning_rate)
-    more, kept = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
-    better = min(more["val_loss"]) < min(history["val_loss"])
+    image_history, best = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
+    better = min(image_history["val_loss"]) < min(history["val_loss"])
     results["fine_tuning_kept" if s.fine_tune_epochs else "augmented_training_kept"] = better
     if not better:
-        model.set_weights(weights_before)
+        for weight, value in weights_before:
+            weight.assign(value)
         print("The head alone did better on the validation images: its weights come back. The "
               "head-only model is saved.")
-        return model, test
-    step("8. Evaluation, plots and export again")
-    test, measured = evaluate(model, datasets["test"], splits["test"], classes)
+        return model, evaluated
+    step("8. Evaluation, plots and export again")  # steps 5 to 7 for the model trained on images
+    evaluated, measured = evaluate(model, datasets["test"], splits["test"], classes)
     print(f"Test accuracy: {head_alone['test_accuracy']:.4f} with the head alone, "
           f"{measured['test_accuracy']:.4f} after training on the images. The "
           f"{'fine-tuned' if s.fine_tune_epochs else 'newly trained'} model is saved.")
-    results.update(measured, **kept, head_alone=head_alone)
-    plot_results([history, more], test, splits["test"], classes, s.image_size, run_dir)
-    results["export_check"] = export_model(model, classes, splits["test"], test, s.image_size,
-                                           run_dir)
-    return model, test
+    results.update(measured, **best, head_alone=head_alone)
+    plot_results([history, image_history], evaluated, splits["test"], classes, s.image_size,
+                 run_dir)
+    results["export_check"] = export_model(model, classes, splits["test"], evaluated,
+                                           s.image_size, run_dir)
+    return model, evaluated
 
 def fine_tuning_rate(s, batch_size, steps_per_epoch):
     """Smaller batches give noisier gradients, so smaller steps: the peak rate times the square
     root of the batches' ratio, sqrt(16 / 64) = 0.5 (the noise of an average of n gradients falls
-    as 1 / sqrt(n)). From 0 up to that peak over the first tenth of the steps (a step: one
-    batch), then down to 0 along a cosine."""
+    as 1 / sqrt(n)). From 0 up to that peak over the first tenth of the steps (a step: a batch),
+    then down to 0 along a cosine: at full rate from the first step, Adam moves every weight at
+    once, and the model fell below the frozen one (we tried)."""
     peak = s.fine_tune_learning_rate * (batch_size / s.batch_size) ** 0.5
     steps = s.fine_tune_epochs * steps_per_epoch
     return tf.keras.optimizers.schedules.CosineDecay(
@@ -387,19 +380,20 @@ def unfreeze(model):
     return tf.keras.Model(images, outputs, name="classifier_model")
 
 # 9. Reading the results: how sure, which mistakes, where it looks -----------------------------
-def read_the_results(model, test, split, classes, image_size, run_dir):
+def read_the_results(model, evaluated, split, classes, image_size, run_dir):
     """A test accuracy is a measurement on a few images: how far might it be off? Which images
     does the model get wrong, and how sure was it? And where in an image does it look?"""
     step("9. Reading the results")
-    labels, predicted = split[1], test["probabilities"].argmax(axis=1)
-    low, high = accuracy_interval(predicted, labels)
+    probabilities = evaluated["probabilities"]
+    low, high = accuracy_interval(probabilities.argmax(axis=1), split[1])
     print(f"On other test images the accuracy would likely be between {low:.3f} and {high:.3f} "
-          "(a 95% interval). To tell which of two models is better, test both on the same images "
-          "and count the images where only one of them is right.")
-    write_predictions(split, test["probabilities"], classes, f"{run_dir}/predictions.csv")
-    images, labels, probabilities = examples(split, test["probabilities"], 8, image_size)
-    plot_where_it_looks(model, images, labels, probabilities, classes,
-                        f"{run_dir}/where_it_looks.png")
+          "(a 95% interval). To compare two models, test both on the same images and take the n "
+          "images only one of them gets right: were they equally good, each would win about n/2 "
+          "of those, give or take sqrt(n)/2. So the better must win more than n/2 + sqrt(n).")
+    write_predictions(split, probabilities, classes, os.path.join(run_dir, "predictions.csv"))
+    images, labels, shown = examples(split, probabilities, 8, image_size)
+    plot_where_it_looks(model, images, labels, shown, classes,
+                        os.path.join(run_dir, "where_it_looks.png"))
     return dict(test_accuracy_95=[low, high])
 
 def accuracy_interval(predicted, labels, z=1.96):
@@ -427,7 +421,7 @@ def write_predictions(test, probabilities, classes, path):
     print("Most confident mistakes (all in predictions.csv): " + ("; ".join(worst) or "none"))
 
 def plot_where_it_looks(model, images, labels, probabilities, classes, path):
-    """Each image's occlusion map over it, all on one colour scale, with a colour bar."""
+    """Each image under its occlusion map (below), all on one colour scale, with a colour bar."""
     maps = occlusion_maps(model, images)
     fig, axes = plot_predictions(images, labels, probabilities, classes)
     # One scale for all, never finer than +-0.1: tiny, random changes stay pale, not alarming.
@@ -459,7 +453,7 @@ def occlusion_maps(model, images, grid=4):
     return maps
 
 # 10. The model at work: a model for phones, and new photos ------------------------------------
-def export_tflite(model, test, evaluated, image_size, run_dir):
+def export_tflite(model, test_split, evaluated, image_size, run_dir):
     """model.tflite, for phones: float32 images [1, image_size, image_size, 3] in [0, 1] in,
     probabilities out. Checked with LiteRT, TensorFlow's runtime for phones, against the trained
     model on a few test images."""
@@ -469,7 +463,7 @@ def export_tflite(model, test, evaluated, image_size, run_dir):
         f.write(tflite)
     run = litert_interpreter(tflite).get_signature_runner()  # the model as a function (app. B)
     same, largest = [], 0.0  # examples (appendix A): 8 test images, as the network gets them
-    images, _, probabilities = examples(test, evaluated["probabilities"], 8, image_size)
+    images, _, probabilities = examples(test_split, evaluated["probabilities"], 8, image_size)
     for image, p in zip(images, probabilities):
         output = run(images=image[None])["classifier"][0]  # named after the model's last layer
         same.append(output.argmax() == p.argmax())
@@ -496,12 +490,12 @@ def predict_photos(paths, run_dir):
 def print_what_to_try_next(s, output_dir):
     """Commands on this run's data and base (same_data_flags, appendix D), each as it says."""
     run = " ".join(["python transfer_learning.py", *same_data_flags(s)])
-    kept = "the features come from disk" if not s.no_cache else "once kept, the features load"
+    kept = "once a run without --no-cache has kept the features, " if s.no_cache else ""
     print(f"\nWhat to try next:\n  {run} --dropout 0.5 --epochs 20\n"
-          f"      Only the head changes, so {kept}: a run takes seconds.")
+          f"      Only the head changes, so {kept}a run reads the features back: seconds.")
     if not s.data_dir:
         print("  python transfer_learning.py --data-dir DIR    (DIR/cat/*.jpg, DIR/dog/*.jpg)\n"
-              "      Your own photos: a few hundred real photos per class often reach 0.95 or more.")
+              "      Your own photos: a few hundred real ones per class often reach 0.95 or more.")
     print(f"""  {run} --fine-tune-epochs 2 --augment
       Adapts MobileNetV2 itself to your classes, but it runs on every training image in every
       epoch: minutes where the head took seconds (CIFAR: 0.88 instead of 0.79, 5 minutes an
@@ -510,9 +504,8 @@ def print_what_to_try_next(s, output_dir):
       Classifies new photos with this run's model.""")
 
 # ==============================================================================================
-# THE TUTORIAL ENDS HERE. Below is the appendix: machinery that makes the script a robust tool,
-# which nobody needs to read to learn transfer learning; the lesson names each piece it calls.
-# A. The lesson's helpers. B. Speed-ups. C. Your own photos. D. The command line and main().
+# THE TUTORIAL ENDS HERE. Below, the appendix: machinery that makes the script a robust tool, not
+# needed to learn. A. The lesson's helpers. B. Speed-ups. C. Your own photos. D. main() and more.
 # ==============================================================================================
 
 # A. The lesson's helpers: the device, checks with clear errors, plots, progress ----------------
@@ -526,7 +519,7 @@ def subset(split, indices):
 def stored_image(x, image_size):
     return read_photo(x, image_size) if isinstance(x, str) else x  # CIFAR's pixels, or a photo
 
-STEPS = []  # (name, start time) of each step of the lesson, for metrics.json
+STEPS = []  # (name, start time) of each step, for metrics.json
 
 def step(name):
     print(f"\n== {name} ==")
@@ -537,6 +530,18 @@ def download_cifar10():
         return tf.keras.datasets.cifar10.load_data()
     except Exception as e:
         fail(f"could not download CIFAR-10 ({type(e).__name__}); offline, use --data-dir DIR")
+
+def carve(split, fraction, seed, parts=1):
+    """[rest, part 1, ...]: each part gets the fraction of each class (at least one image), at
+    random: "stratified", every class keeps its share. The same seed carves the same images."""
+    labels, rng = split[1], np.random.default_rng(seed)
+    part = np.zeros(len(labels), dtype=int)  # 0: the rest; 1, 2, ...: carved into that part
+    for label in np.unique(labels):
+        of_class = rng.permutation(np.flatnonzero(labels == label))  # this class's, shuffled
+        size = max(1, round(len(of_class) * fraction))
+        for k in range(1, parts + 1):
+            part[of_class[(k - 1) * size:k * size]] = k
+    return [subset(split, part == k) for k in range(parts + 1)]
 
 def sample(splits, max_images, seed):
     """--max-images N: about N images of each split, each class keeping its share."""
@@ -587,9 +592,10 @@ def why_the_module_cannot_load(handle, error):
             "--model-handle, or the module placed in $TFHUB_CACHE_DIR, and --data-dir instead of "
             "the CIFAR-10 download")
 
+FIGURES = {}  # this run's pictures, by file
+
 def save_and_show(fig, path):
-    """Save the picture; show it now in a notebook, or in a window at the end (see main()). A
-    picture drawn again (lesson 8) replaces the earlier one."""
+    """Save; show it now in a notebook, at the end in a window; a picture redrawn replaces."""
     fig.savefig(path)
     if "inline" in plt.get_backend():  # a notebook: shown under the cell, updated when redrawn
         from IPython.display import display, update_display
@@ -598,9 +604,6 @@ def save_and_show(fig, path):
     elif path in FIGURES:
         plt.close(FIGURES[path])  # the window shown at the end is the final picture's
     FIGURES[path] = fig
-
-FIGURES = {}  # this run's pictures, by file
-
 def plot_history(histories, path):
     """Loss and accuracy per epoch: validation falling behind training as the epochs go on is
     overfitting. A star marks the epoch kept; training on images (lesson 8) starts from there."""
@@ -691,20 +694,18 @@ def check_export(run_dir, test, probabilities, image_size):
                 largest_difference=largest, tolerance=tolerance)
 
 def show_progress(name, count):
-    """A Keras callback that prints how many images are done and how fast: on a terminal, one
+    """A Keras callback that prints how many images are done, and how fast: on a terminal, one
     line redrawn at most twice a second; in a file or a pipe, a line per tenth of the images."""
-    start, terminal, last = time.perf_counter(), sys.stdout.isatty(), dict(time=0.0, done=0)
+    start, terminal, last = time.perf_counter(), sys.stdout.isatty(), dict(time=0.0, tenth=0)
     def report(batch, logs):
-        done, now = min((batch + 1) * BATCH, count), time.perf_counter()
-        if terminal:
-            due = now - last["time"] >= 0.5
-        else:
-            due = done * 10 // count > last["done"] * 10 // count  # a new tenth
-        if due or done == count:
-            line = f"{name:>10}: {done}/{count} images, {done / (now - start):.0f} images/s"
-            ending = "" if terminal and done < count else "\n"  # "\r": back to the line's start
-            print("\r" + line if terminal else line, end=ending, flush=True)
-            last.update(time=now, done=done)
+        done, now = min((batch + 1) * PREDICT_BATCH, count), time.perf_counter()
+        line = f"{name:>10}: {done}/{count} images, {done / (now - start):.0f} images/s"
+        if terminal and (now - last["time"] >= 0.5 or done == count):  # "\r": to the line's start
+            print("\r" + line, end="\n" if done == count else "", flush=True)
+            last["time"] = now
+        elif not terminal and done * 10 // count > last["tenth"]:  # a new tenth
+            print(line, flush=True)
+            last["tenth"] = done * 10 // count
     return tf.keras.callbacks.LambdaCallback(on_predict_batch_end=report)
 
 # B. Speed-ups: features kept on disk, and LiteRT for the feature pass on a CPU -----------------
@@ -748,7 +749,7 @@ def litert_extractor(extractor):  # a stand-in whose predict() runs the extracto
     spec = tf.TensorSpec(extractor.input_shape, tf.float32)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [tf.function(extractor).get_concrete_function(spec)], extractor)
-    converter.experimental_lower_to_saved_model = False  # a frozen graph: 2 s, not 20 s
+    converter.experimental_lower_to_saved_model = False  # weights as constants: 2 s, not 20 s
     interpreter = litert_interpreter(converter.convert())
     images_in = interpreter.get_input_details()[0]["index"]
     features_out = interpreter.get_output_details()[0]["index"]
@@ -824,13 +825,11 @@ def keep_features(path, features):
         print(f"warning: cannot keep the features in {path} ({e.strerror})", file=sys.stderr)
 
 # C. Your own photos: class folders, a labels file, unreadable files, copies -------------------
-# Photos as people have them train: broken files skipped and named, phone photos upright and read
-# small. (tf.keras.utils.image_dataset_from_directory stops at the first broken file, shows phone
-# photos sideways, decodes a 12-megapixel JPEG in full, and splits only two ways, unstratified.)
+# Photos as people have them train: broken files skipped and named, phone photos upright, read
+# small (tf.keras.utils.image_dataset_from_directory stops at the first broken file, and more).
 SPLIT_FOLDERS = {"train": ["train"], "validation": ["validation", "val", "valid"], "test": ["test"]}
-# A "decompression bomb" is small on disk and huge decoded (20000x20000 pixels: 1.2 GB as RGB):
-# it is skipped like a broken file. A JPEG's pixels count at 1/8 of each side: draft() decodes
-# it small, so that phones' 50- and 200-megapixel photos are read.
+# An image of more pixels is skipped like a broken file: a "decompression bomb", small on disk and
+# huge decoded. A JPEG's count at 1/8 of each side, as draft() decodes it (200-megapixel phones).
 MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = None  # Pillow's own check warns or refuses by the full size, JPEGs too
 
@@ -889,30 +888,26 @@ def load_photos(s, results):
         readable = np.array([check_photo(path) is not None for path in x], dtype=bool)
         splits[split] = subset(splits[split], readable)
         skipped += [os.fsencode(path).decode(errors="backslashreplace") for path in x[~readable]]
-    for label in set(range(len(classes))) - set(splits["train"][1]):
-        fail(f"class {classes[label]} has no readable images in {data_dir}; add good images or "
-             "remove the class")
     for split in ("validation", "test"):
         if split in folders and len(splits[split][1]) == 0:
             fail(f"{folders[split]} has no readable images; add some or remove the folder")
     check_classes_can_be_split(splits, classes, s)
     if skipped:
         print(f"warning: skipped {len(skipped)} file(s) that are not images it can read (or over "
-              f"{MAX_PIXELS // 10**6} megapixels): "
-              f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''} "
-              "(all in metrics.json)", file=sys.stderr)
+              f"{MAX_PIXELS // 10**6} megapixels): {', '.join(skipped[:5])}"
+              f"{', ...' if len(skipped) > 5 else ''} (all in metrics.json)", file=sys.stderr)
     results["skipped_files"] = skipped
     return splits, classes
 
 def check_classes_can_be_split(splits, classes, s):
-    """Each class must keep training images after each missing split takes its share of them."""
+    """Each class must keep readable training images after each missing split takes its share."""
     carved = len([name for name in ("validation", "test") if name not in splits])
     for label, name in enumerate(classes):
         count = int(np.sum(splits["train"][1] == label))
         if count - carved * max(1, round(count * s.validation_split)) < 1:
-            fail(f"class {name} has {count} image(s) in {s.data_dir}: too few to keep training "
-                 f"images after carving {carved} split(s) of {s.validation_split:g} out of it; "
-                 "add images, or lower --validation-split")
+            fail(f"class {name} has {count} readable image(s) in {s.data_dir}, too few to keep any "
+                 f"for training after {carved} split(s) carved out; add images, or lower "
+                 "--validation-split")
 
 def visible(folder, wanted=os.path.isdir):
     """The names in folder that are not hidden and pass wanted (by default: sub-folders)."""
@@ -977,15 +972,15 @@ def read_labels_csv(data_dir):
         if name in photos:
             listed.setdefault(photos[name], set()).add(label)
     found = {path: labels.pop() for path, labels in listed.items() if len(labels) == 1}
-    torn = sorted(os.path.basename(path) for path in set(listed) - set(found))
+    torn = [os.path.basename(path) for path in sorted(set(listed) - set(found))]
     no_file = sum(row[0] not in photos for row in rows)
-    unlisted = len(set(photos.values()) - set(listed))
-    problems = [f"{no_file} row(s) of labels.csv name no file in {folder}" if no_file else "",
-                f"{unlisted} file(s) there have no row" if unlisted else "",
-                f"{len(torn)} file(s) are listed with different classes ({', '.join(torn[:3])}"
-                f"{', ...' if len(torn) > 3 else ''})" if torn else ""]
-    if any(problems):
-        print(f"warning: {', '.join(filter(None, problems))}; they are left out", file=sys.stderr)
+    unlisted = set(photos.values()) - set(listed)
+    problems = {f"{no_file} row(s) of labels.csv naming no file in {folder}": no_file,
+                f"{len(unlisted)} file(s) there without a row": unlisted,
+                f"{len(torn)} file(s) listed with two classes ({', '.join(torn[:3])})": torn}
+    if any(problems.values()):
+        left_out = [problem for problem, found in problems.items() if found]
+        print(f"warning: left out: {'; '.join(left_out)}", file=sys.stderr)
     classes = sorted(set(found.values()))
     check_classes(labels_csv, classes)
     paths = np.array(list(found))
@@ -995,7 +990,7 @@ def read_labels_csv(data_dir):
 @functools.cache  # one read of each file, whoever asks
 def check_photo(path):
     """None if not an image it can read; else its fingerprint (a hash of its bytes: copies share it)
-    and what is_plain_jpeg needs. Of a JPEG, Pillow reads only the header: 60000 in two seconds."""
+    and what is_plain_jpeg needs. Of a JPEG, Pillow parses only the header: 60000 in seconds."""
     try:
         path.encode("utf-8")  # TensorFlow passes file names as UTF-8
         with open(path, "rb") as f:
@@ -1080,7 +1075,9 @@ def check_args(s):
             (s.fine_tune_epochs >= 0, "--fine-tune-epochs cannot be negative"),
             (s.max_images is None or s.max_images >= 1, "--max-images must be at least 1"),
             (not s.predict or s.model_dir, "--predict needs --model-dir, an earlier run"),
-            (s.data_dir != "", "--data-dir is empty; give the folder of your photos")]:
+            (s.data_dir != "", "--data-dir is empty; give the folder of your photos"),
+            (s.features_with in ("auto", "keras", "litert"), "--features-with must be auto, "
+             "keras or litert")]:
         if not ok:
             fail(message)
 
@@ -1177,6 +1174,8 @@ def main(argv=None):
     plt.close("all")
     return status
 
+NOTHING_WRITTEN = "\nInterrupted: no run folder was written; earlier runs are untouched."
+
 def leave_on_ctrl_c(work_dir, output_dir):
     """Ctrl-C ends a run at once (TensorFlow can swallow a KeyboardInterrupt): a saved run stays."""
     sys.stdout.flush()
@@ -1184,14 +1183,12 @@ def leave_on_ctrl_c(work_dir, output_dir):
         print(f"\nInterrupted; the run is saved in {output_dir}/", file=sys.stderr, flush=True)
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
-        print("\nInterrupted: no run folder was written; earlier runs are untouched.",
-              file=sys.stderr, flush=True)
+        print(NOTHING_WRITTEN, file=sys.stderr, flush=True)
     os._exit(130)
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeyboardInterrupt:
-        print("\nInterrupted: no run folder was written; earlier runs are untouched.",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # before main() hands Ctrl-C to leave_on_ctrl_c
+        print(NOTHING_WRITTEN, file=sys.stderr)
         sys.exit(130)

@@ -238,11 +238,23 @@ def import_lesson():
     return transfer_learning
 
 
+def load_data(tl, s):
+    """Step 1 of the script's run_lesson, as it runs there: (splits, classes)."""
+    results = {}
+    splits, classes = tl.load_photos(s, results) if s.data_dir else tl.load_cifar10_cats_and_dogs()
+    splits = tl.carve_missing_splits(splits, s.validation_split, s.seed)
+    splits = tl.sample(splits, s.max_images, s.seed)
+    results.update(classes=classes, **tl.count_images(splits, classes))
+    if s.data_dir:
+        results["copies_across_splits"] = tl.find_copies_across_splits(splits)
+    return splits, classes
+
+
 def list_images(listing, *script):
-    """_images: the splits the script's own load_data picks for these options, as paths."""
+    """_images: the splits the script's own step 1 picks for these options, as paths."""
     tl = import_lesson()
     args = tl.parse_args(list(script))
-    splits, _ = tl.load_data(args, {})
+    splits, _ = load_data(tl, args)
     paths = {name: [str(path) for path in x] for name, (x, _, _) in splits.items()}
     with open(listing, "w") as f:
         json.dump(dict(paths=paths, module=args.model_handle, image_size=args.image_size), f)
@@ -276,7 +288,7 @@ def naive(out, *script):
     args = tl.parse_args(list(script))
     tl.tf.keras.utils.set_random_seed(args.seed)
     os.makedirs(out)
-    splits, classes = tl.load_data(args, {})
+    splits, classes = load_data(tl, args)
     datasets = {name: tl.make_dataset(x, y, args.image_size) for name, (x, y, _) in splits.items()}
     module = tl.load_module(args.model_handle, args.image_size)
     model = tl.build_model(module, args.image_size, len(classes), args.dropout)[0]

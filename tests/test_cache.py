@@ -135,6 +135,26 @@ def test_a_truncated_features_file_is_computed_again_with_one_warning(photos, mo
         "features_from_cache"] is True
 
 
+def test_kept_features_that_the_code_no_longer_computes_are_computed_again(photos, module32, tmp_path,
+                                                                          own_feature_cache, capfd):
+    """The same images and module, but code edited since (how images are read or resized, say):
+    the first training images' features, computed afresh, differ from the ones kept."""
+    run(photos, module32, tmp_path / "first")
+    [name] = os.listdir(own_feature_cache)
+    kept = own_feature_cache / name
+    with np.load(kept) as f:
+        features = {split: f[split] for split in f.files}
+    np.savez(kept, **dict(features, train=features["train"] * 1.1))  # as another version gave
+    capfd.readouterr()
+    again = run(photos, module32, tmp_path / "again")
+    printed = capfd.readouterr().out
+    assert again["features_from_cache"] is False and again["features_with"] == "keras"
+    assert f"The features kept in {kept} differ from what the code computes now" in printed
+    with np.load(kept) as f:  # computed again and kept: the next run reads them
+        np.testing.assert_allclose(f["train"], features["train"], atol=1e-5)
+    assert run(photos, module32, tmp_path / "third")["features_from_cache"] is True
+
+
 def test_no_cache_neither_reads_nor_keeps(photos, module32, tmp_path, own_feature_cache):
     run(photos, module32, tmp_path / "first")
     assert run(photos, module32, tmp_path / "second", "--no-cache")["features_from_cache"] is False

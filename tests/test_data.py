@@ -212,8 +212,7 @@ def test_a_class_too_small_to_split_is_a_one_line_error(count, fraction, tmp_pat
     write_colour_images(tmp_path, {"a": (200, 40, 40)}, 40)
     write_colour_images(tmp_path, {"b": (40, 40, 200)}, count, seed=1)
     line = load_error(capfd, "--data-dir", tmp_path, "--validation-split", fraction)
-    assert f"class b has {count} image(s)" in line and str(tmp_path) in line, line
-    assert "add images" in line and "--validation-split" in line, line
+    assert f"class b has {count} " in line and str(tmp_path) in line and "add images" in line, line
 
 
 def test_folders_named_only_like_splits_are_a_one_line_error(tmp_path, capfd):

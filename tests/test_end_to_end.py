@@ -39,7 +39,7 @@ def test_the_lesson_prints_its_steps_and_reads_its_results_aloud(default_run):
     printed = result.stdout
     positions = [printed.index(f"== {step} ==") for step in STEPS]
     assert positions == sorted(positions)
-    assert "The network gets batches of shape (32, 224, 224, 3)" in printed
+    assert "The base gets batches of shape (32, 224, 224, 3)" in printed
     assert "train: features of shape (108, 11)" in printed  # the test module gives 11 numbers
     assert "Kept epoch" in printed and "overfitting" in printed
     assert "95% interval" in printed
@@ -119,7 +119,7 @@ def test_a_quick_fine_tuning_run_reports_the_test_accuracy_before_and_after(quic
     if m["fine_tuning_kept"]:
         assert 0 <= m["head_alone"]["test_accuracy"] <= 1
         assert (f"Test accuracy: {m['head_alone']['test_accuracy']:.4f} with the head alone, "
-                f"{m['test_accuracy']:.4f} after training on the images: the model saved.") in printed
+                f"{m['test_accuracy']:.4f} after training on the images.") in printed
     else:
         assert m["fine_tuning_kept"] is False and "head_alone" not in m
         assert "The head alone did better on the validation images" in printed

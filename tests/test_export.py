@@ -125,8 +125,7 @@ def test_predict_goes_through_serve_and_a_sideways_phone_photo_is_turned(photo_r
     assert up.split(": ")[1] == side.split(": ")[1]
 
 
-def test_predict_on_a_folder_classifies_the_photos_in_it_and_names_the_other_files(photo_run,
-                                                                                   tmp_path):
+def test_predict_on_a_folder_classifies_the_photos_in_it(photo_run, tmp_path):
     root, out, _, _ = photo_run
     folder = tmp_path / "new"
     folder.mkdir()
@@ -135,13 +134,25 @@ def test_predict_on_a_folder_classifies_the_photos_in_it_and_names_the_other_fil
     (folder / "notes.txt").write_text("not a photo")
     (folder / ".hidden.jpg").write_bytes(b"hidden: never read")
     result = run_script("--predict", folder, "--model-dir", out)
-    assert result.returncode == 2, result.stderr  # a file in it could not be read
+    assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()[-2:]
     assert lines[0].startswith(f"{folder / 'a.jpg'}: green") and lines[1].startswith(
         f"{folder / 'b.jpg'}: green")
+    assert script_lines(result.stderr) == []
+    assert "notes.txt" not in result.stdout and ".hidden" not in result.stdout
+
+
+def test_predict_on_a_folder_names_a_broken_photo_in_it_and_exits_2(photo_run, tmp_path):
+    root, out, _, _ = photo_run
+    folder = tmp_path / "new"
+    folder.mkdir()
+    shutil.copy(root / "green" / "03.jpg", folder / "a.jpg")
+    (folder / "b.jpg").write_bytes((root / "green" / "03.jpg").read_bytes()[:200])  # cut short
+    result = run_script("--predict", folder, "--model-dir", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith(f"{folder / 'a.jpg'}: green")
     assert script_lines(result.stderr) == [
-        f"error: {folder / 'notes.txt'}: not a photo it can read; skipping it"]
-    assert "notes.txt" not in result.stdout and ".hidden" not in result.stdout + result.stderr
+        f"error: {folder / 'b.jpg'}: not a photo it can read; skipping it"]
 
 
 def test_predict_on_an_empty_folder_is_a_one_line_error(photo_run, tmp_path, capfd):
