@@ -89,8 +89,8 @@ def run_lesson(s, run_dir, results):
     module = load_module(s.model_handle, s.image_size)  # hub.load, with checks (appendix A)
     model, extractor, head = build_model(module, s.image_size, len(classes), s.dropout)
     step("3. Bottleneck features")  # the 1280 numbers the frozen base boils each image down to
-    # compute_features, just below; with_speed_ups: the same numbers sooner (appendix B)
-    features = with_speed_ups(compute_features, extractor, datasets, splits, s, results)
+    extractor = with_speed_ups(extractor, datasets, splits, s, results)  # same, sooner: appendix B
+    features = compute_features(extractor, datasets, splits)
     step("4. Training the head")
     history, measured = train_head(head, features, splits, len(classes), s)
     results.update(measured)
@@ -712,27 +712,38 @@ def show_progress(name, count):
 # Both give the numbers step 3 computes, sooner. Kept features are in a file named by a hash of
 # the module, the image size and the images (CIFAR's pixels; a photo's path, size and time of last
 # change); the folder keeps the 20 files used last. LiteRT's features equal Keras' to 2e-5.
-def with_speed_ups(compute_features, extractor, datasets, splits, s, results):
-    """compute_features(extractor, datasets, splits), or the same numbers sooner."""
+def with_speed_ups(extractor, datasets, splits, s, results):
+    """A stand-in for the extractor: its predict() gives the features an earlier run kept, if the
+    code still computes the same; else computes them, with LiteRT on a CPU, and keeps them."""
     path = feature_file(splits, s)
-    features = read_kept_features(path, extractor, splits["train"], s.image_size)
-    results.update(features_file=path, features_from_cache=features is not None,
-                   features_with=None)
-    if features is None:
-        results["features_with"] = choose_runtime(s, splits)
-        if results["features_with"] == "litert":
-            extractor = litert_extractor(extractor)
-        features = compute_features(extractor, datasets, splits)
-        keep_features(path, features)
-    return features
+    kept = read_kept_features(path, extractor, splits["train"], s.image_size)
+    runtime = None if kept is not None else choose_runtime(s, splits)
+    results.update(features_file=path, features_from_cache=kept is not None, features_with=runtime)
+    computer = litert_extractor(extractor) if runtime == "litert" else extractor
+    split_of, computed = {id(images): name for name, images in datasets.items()}, {}
+    def predict(images, verbose=0, callbacks=()):
+        name = split_of[id(images)]  # compute_features asks for one split's dataset at a time
+        if kept is not None:
+            return kept[name]
+        computed[name] = computer.predict(images, verbose=verbose, callbacks=callbacks)
+        if len(computed) == len(datasets):
+            keep_features(path, computed)
+        return computed[name]
+    return types.SimpleNamespace(predict=predict)
 
 try:  # LiteRT, TensorFlow's runtime for phones, has no wheels for some platforms
     from ai_edge_litert.interpreter import Interpreter as LiteRT
 except ImportError:
     LiteRT = None
 
-def litert_interpreter(tflite):
-    return (LiteRT or tf.lite.Interpreter)(model_content=tflite, num_threads=os.cpu_count())
+def litert_interpreter(tflite):  # in a notebook, without its "INFO: Created ... delegate" line
+    real_stderr = os.dup(2)
+    if "ipykernel" in sys.modules:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    try:
+        return (LiteRT or tf.lite.Interpreter)(model_content=tflite, num_threads=os.cpu_count())
+    finally:
+        os.dup2(real_stderr, 2)
 
 def choose_runtime(s, splits):
     """--features-with, where auto is litert on a CPU with enough images to repay converting."""
@@ -804,8 +815,6 @@ def read_kept_features(path, extractor, train, image_size):
         return None
     os.utime(path)  # used: kept longer
     print(f"Features read from {path}, computed by an earlier run on the same images.")
-    for name, numbers in features.items():
-        print(f"{name:>10}: features of shape {numbers.shape}")
     return features
 
 def keep_features(path, features):
