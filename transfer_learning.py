@@ -57,7 +57,6 @@ class Settings:
     batch_size: int = setting(64, "images per training step of the head (step 4)")
     learning_rate: float = setting(1e-3, "how far each step moves the head's weights")
     seed: int = setting(42, "random seed for the splits and training: the same run twice")
-    # For the extra lessons, and the tool
     fine_tune_epochs: int = setting(0, "lesson 8: then train the whole network (3 GB of memory)")
     fine_tune_learning_rate: float = setting(1e-4, "lesson 8: its peak, for batches of batch_size")
     augment: bool = setting(False, "lesson 8: train on flipped, turned and zoomed images (slow)")
@@ -140,7 +139,8 @@ def make_dataset(x, y, image_size, batch_size=PREDICT_BATCH, shuffle_seed=None):
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:  # a new order every epoch, to train on the images (lesson 8)
         dataset = dataset.shuffle(len(y), seed=shuffle_seed)
-    dataset = dataset.map(read_if_photos(x, image_size))  # photos: from their files (appendix C)
+    dataset = dataset.map(read_if_photos(x, image_size),  # photos: from their files (appendix C)
+                          num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(lambda image, label: (scale_and_resize(image, image_size), label),
                           num_parallel_calls=tf.data.AUTOTUNE)  # AUTOTUNE: on as many cores
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -302,26 +302,21 @@ def export_model(model, classes, test_split, evaluated, image_size, run_dir):
 # == The lesson, steps 1 to 7, ends here. Extra lessons 8-11 follow (9 and 11 run every time). ==
 
 # 8. Training on the images themselves: fine-tuning and augmentation ---------------------------
-FINE_TUNE_BATCH = 16  # images per batch when fine-tuning the base: below, why
-
 def train_on_images(model, history, evaluated, splits, datasets, classes, s, run_dir, results):
-    """The other half of transfer learning: the model trains on the images themselves, not on
-    features computed once. Augmentation shows new variants of each photo every epoch, and
-    fine-tuning changes the base, so the base must run on every image, every epoch.
-
-    Fine-tuning unfreezes the base and nudges all its weights towards our classes. At each batch
-    Keras computes the gradients (how much the loss would change as each weight changes), and
-    the optimizer moves every weight a little against its gradient.
-    - The learning rate is far below the head's, so that noisy gradients from a few thousand
-      images cannot overwrite what ImageNet taught the base; it warms up, then decays (below).
-    - If the head alone did better on the validation images, its weights come back."""
+    """The other half of transfer learning: the model trains on the images themselves. With new
+    variants of each photo every epoch (augmentation), or a base that changes (fine-tuning), the
+    base must run on every image, every epoch. Fine-tuning unfreezes the base: at each batch Keras
+    computes the gradients (how much the loss would change as each weight changes), and the
+    optimizer moves every weight a little against its gradient, at a rate far below the head's,
+    so that noisy gradients from a few thousand images cannot overwrite what ImageNet taught the
+    base. If the head alone did better on the validation images, its weights come back."""
     step("8. Fine-tuning" if s.fine_tune_epochs else "8. Training on augmented images")
     weights_before = [(weight, weight.numpy()) for weight in model.weights]  # to give back
     head_alone = {key: results[key] for key in ("kept_epoch", "train_accuracy", "val_accuracy",
                                                 "test_accuracy", "test_loss")}
     # Training keeps every layer's outputs for each image of a batch, to compute the gradients:
     # 64 images of 224x224 (batch_size's default) took 6 GB. Fine-tuning takes batches of 16 (3 GB).
-    batch_size = min(FINE_TUNE_BATCH, s.batch_size) if s.fine_tune_epochs else s.batch_size
+    batch_size = min(16, s.batch_size) if s.fine_tune_epochs else s.batch_size
     x, y, _ = splits["train"]
     images = make_dataset(x, y, s.image_size, batch_size, shuffle_seed=s.seed)
     if s.augment:  # new variants of every photo in every epoch: flipped, turned, zoomed
@@ -356,11 +351,10 @@ def train_on_images(model, history, evaluated, splits, datasets, classes, s, run
     return model, evaluated
 
 def fine_tuning_rate(s, batch_size, steps_per_epoch):
-    """Smaller batches give noisier gradients, so smaller steps: the peak rate times the square
-    root of the batches' ratio, sqrt(16 / 64) = 0.5 (the noise of an average of n gradients falls
-    as 1 / sqrt(n)). From 0 up to that peak over the first tenth of the steps (a step: a batch),
-    then down to 0 along a cosine: at full rate from the first step, Adam moves every weight at
-    once, and the model fell below the frozen one (we tried)."""
+    """Smaller batches, noisier gradients, smaller steps: the peak rate times sqrt(16 / 64) = 0.5
+    (an average of n gradients is 1 / sqrt(n) as noisy). It climbs from 0 to that peak over a tenth
+    of the steps (batches), then falls to 0 along a cosine: at full rate from the first step, the
+    model fell below the frozen one (we tried)."""
     peak = s.fine_tune_learning_rate * (batch_size / s.batch_size) ** 0.5
     steps = s.fine_tune_epochs * steps_per_epoch
     return tf.keras.optimizers.schedules.CosineDecay(
@@ -368,10 +362,9 @@ def fine_tuning_rate(s, batch_size, steps_per_epoch):
         decay_steps=steps - steps // 10)
 
 def unfreeze(model):
-    """The same layers, the base now trainable, in a model that runs the base with training=False.
-    A network's BatchNorm layers rescale each layer's outputs by averages learned on ImageNet;
-    training=True would replace them by our batches' own, and a few thousand images would wreck
-    the features. training=False keeps ImageNet's while the weights themselves learn."""
+    """The same layers, the base now trainable, in a model that runs it with training=False: its
+    BatchNorm layers rescale each layer's outputs by averages learned on ImageNet, which
+    training=True would replace by our few thousand images' own, wrecking the features."""
     base = model.get_layer("mobilenet_v2")
     base.trainable = True  # compile(), next, takes note of what is trainable
     images = tf.keras.Input(shape=model.input_shape[1:], name="images")
@@ -381,15 +374,14 @@ def unfreeze(model):
 
 # 9. Reading the results: how sure, which mistakes, where it looks -----------------------------
 def read_the_results(model, evaluated, split, classes, image_size, run_dir):
-    """A test accuracy is a measurement on a few images: how far might it be off? Which images
-    does the model get wrong, and how sure was it? And where in an image does it look?"""
+    """How far off is the accuracy? Which images are wrong, how sure? Where is it looking?"""
     step("9. Reading the results")
     probabilities = evaluated["probabilities"]
     low, high = accuracy_interval(probabilities.argmax(axis=1), split[1])
     print(f"On other test images the accuracy would likely be between {low:.3f} and {high:.3f} "
-          "(a 95% interval). To compare two models, test both on the same images and take the n "
-          "images only one of them gets right: were they equally good, each would win about n/2 "
-          "of those, give or take sqrt(n)/2. So the better must win more than n/2 + sqrt(n).")
+          "(a 95% interval). To compare two models, test both on the same images: of the n that "
+          "only one gets right, equals would each win n/2 give or take sqrt(n)/2 (twice that, "
+          "rarely); so the better must win more than n/2 + sqrt(n).")
     write_predictions(split, probabilities, classes, os.path.join(run_dir, "predictions.csv"))
     images, labels, shown = examples(split, probabilities, 8, image_size)
     plot_where_it_looks(model, images, labels, shown, classes,
@@ -397,9 +389,8 @@ def read_the_results(model, evaluated, split, classes, image_size, run_dir):
     return dict(test_accuracy_95=[low, high])
 
 def accuracy_interval(predicted, labels, z=1.96):
-    """Wilson's 95% interval for an accuracy p measured on n images: where the accuracy on all such
-    images likely lies. Roughly p +- 1.96 * sqrt(p * (1 - p) / n), as p varies from one set of n
-    images to another; Wilson's form also holds for small n and stays within 0 and 1."""
+    """Wilson's 95% interval for an accuracy p on n images: roughly p +- 1.96 sqrt(p (1 - p) / n),
+    as p varies from one set of n images to another, but right for small n too."""
     n, p = len(labels), np.mean(predicted == labels)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -439,8 +430,7 @@ def plot_where_it_looks(model, images, labels, probabilities, classes, path):
 
 def occlusion_maps(model, images, grid=4):
     """[image, row, column]: how much each image's predicted-class probability drops when a grey
-    patch hides that part of it (Zeiler and Fergus, 2014). Where it drops most is what the model
-    looks at: the animal, or the background? A coarse map: a patch is 1/4 of the side."""
+    patch, 1/4 of the side, hides that part (Zeiler and Fergus, 2014): the animal, or the grass?"""
     patch, before = images.shape[1] // grid, model(images, training=False).numpy()
     maps = np.zeros((len(images), grid, grid), np.float32)
     for row in range(grid):
@@ -454,9 +444,8 @@ def occlusion_maps(model, images, grid=4):
 
 # 10. The model at work: a model for phones, and new photos ------------------------------------
 def export_tflite(model, test_split, evaluated, image_size, run_dir):
-    """model.tflite, for phones: float32 images [1, image_size, image_size, 3] in [0, 1] in,
-    probabilities out. Checked with LiteRT, TensorFlow's runtime for phones, against the trained
-    model on a few test images."""
+    """model.tflite, for phones: float32 images [1, size, size, 3] in [0, 1] in, probabilities out;
+    checked with LiteRT, TensorFlow's runtime for phones, against the trained model."""
     step("10. A model for phones")
     tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     with open(os.path.join(run_dir, "model.tflite"), "wb") as f:
@@ -473,8 +462,7 @@ def export_tflite(model, test_split, evaluated, image_size, run_dir):
     return dict(tflite_agreement=float(np.mean(same)), tflite_largest_difference=largest)
 
 def predict_photos(paths, run_dir):
-    """--predict: classify photos, or the photos in folders, with a run's model/, one line each.
-    main() runs it on a saved run, with no training; appendix C finds and reads the photos."""
+    """--predict: a line for each photo, or photo in a folder, from a saved run's model/."""
     model, classes, image_size = load_exported_run(run_dir)
     status = 0
     for path, pixels in photos_to_predict(paths, image_size):  # None: not a photo it can read
@@ -488,8 +476,12 @@ def predict_photos(paths, run_dir):
 
 # 11. What to try next -------------------------------------------------------------------------
 def print_what_to_try_next(s, output_dir):
-    """Commands on this run's data and base (same_data_flags, appendix D), each as it says."""
-    run = " ".join(["python transfer_learning.py", *same_data_flags(s)])
+    """Commands on this run's data and base: with the flags that shaped its features."""
+    run, shaped = "python transfer_learning.py", ["data_dir", "max_images", "validation_split",
+                                                  "seed", "model_handle", "image_size"]
+    for name in shaped:
+        if getattr(s, name) != getattr(Settings(), name):  # a flag that shaped the features
+            run += f" --{name.replace('_', '-')} {shlex.quote(str(getattr(s, name)))}"
     kept = "once a run without --no-cache has kept the features, " if s.no_cache else ""
     print(f"\nWhat to try next:\n  {run} --dropout 0.5 --epochs 20\n"
           f"      Only the head changes, so {kept}a run reads the features back: seconds.")
@@ -497,9 +489,8 @@ def print_what_to_try_next(s, output_dir):
         print("  python transfer_learning.py --data-dir DIR    (DIR/cat/*.jpg, DIR/dog/*.jpg)\n"
               "      Your own photos: a few hundred real ones per class often reach 0.95 or more.")
     print(f"""  {run} --fine-tune-epochs 2 --augment
-      Adapts MobileNetV2 itself to your classes, but it runs on every training image in every
-      epoch: minutes where the head took seconds (CIFAR: 0.88 instead of 0.79, 5 minutes an
-      epoch on a laptop CPU).
+      Adapts MobileNetV2 itself to your classes, running it on every image in every epoch:
+      minutes where the head took seconds (CIFAR: 0.88, not 0.79; 5 minutes an epoch on a CPU).
   python transfer_learning.py --predict photo.jpg --model-dir {shlex.quote(output_dir)}
       Classifies new photos with this run's model.""")
 
@@ -588,9 +579,8 @@ def why_the_module_cannot_load(handle, error):
     if os.path.isdir(cached):  # TF Hub never downloads a handle again while its folder exists
         return (f"TF Hub's copy of {handle} in {cached} cannot be loaded ({error}); a download was "
                 "probably cut short: delete that folder and run again")
-    return (f"cannot load --model-handle {handle} ({error}); to run offline use a local path as "
-            "--model-handle, or the module placed in $TFHUB_CACHE_DIR, and --data-dir instead of "
-            "the CIFAR-10 download")
+    return (f"cannot load --model-handle {handle} ({error}); offline, give a local SavedModel "
+            "folder or place the module in $TFHUB_CACHE_DIR, and use --data-dir, not CIFAR-10")
 
 FIGURES = {}  # this run's pictures, by file
 
@@ -605,8 +595,7 @@ def save_and_show(fig, path):
         plt.close(FIGURES[path])  # the window shown at the end is the final picture's
     FIGURES[path] = fig
 def plot_history(histories, path):
-    """Loss and accuracy per epoch: validation falling behind training as the epochs go on is
-    overfitting. A star marks the epoch kept; training on images (lesson 8) starts from there."""
+    """Loss and accuracy per epoch; a star marks the epoch kept, where lesson 8 starts."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     start = 0
     for phase, history in zip(["head", "images"], histories):
@@ -694,8 +683,8 @@ def check_export(run_dir, test, probabilities, image_size):
                 largest_difference=largest, tolerance=tolerance)
 
 def show_progress(name, count):
-    """A Keras callback that prints how many images are done, and how fast: on a terminal, one
-    line redrawn at most twice a second; in a file or a pipe, a line per tenth of the images."""
+    """A Keras callback printing images done and how fast: a line redrawn twice a second on a
+    terminal; in a file or a pipe, a line per tenth of the images."""
     start, terminal, last = time.perf_counter(), sys.stdout.isatty(), dict(time=0.0, tenth=0)
     def report(batch, logs):
         done, now = min((batch + 1) * PREDICT_BATCH, count), time.perf_counter()
@@ -794,8 +783,7 @@ def feature_file(splits, s):  # None with --no-cache
     return os.path.join(cache, "transfer_learning", key.hexdigest() + ".npz")
 
 def read_kept_features(path, extractor, train, image_size):
-    """The features an earlier run kept, if the extractor still gives the first 8 the same; or
-    None. An edit to the code (how images are read, scaled or resized, the network) changes them."""
+    """An earlier run's features, if the code still computes the first 8 the same; or None."""
     if path is None:
         return None
     try:
@@ -860,8 +848,7 @@ def read_photo(path, image_size):
         return np.asarray(photo.convert("RGB"))
 
 def read_photo_op(paths, image_size):
-    """read_photo for tf.data: (path, label) -> (pixels, label), on as many cores as there are.
-    TensorFlow decodes a plain JPEG itself, to the same pixels, without Python's overhead."""
+    """read_photo for tf.data; TensorFlow decodes a plain JPEG itself, without Python's overhead."""
     plain = {path.encode() for path in paths if is_plain_jpeg(path, image_size)}
     def read(path, label):
         is_plain = tf.numpy_function(lambda p: np.asarray(p).item() in plain, [path], tf.bool)
@@ -984,11 +971,11 @@ def read_labels_csv(data_dir):
     torn = [os.path.basename(path) for path in sorted(set(listed) - set(found))]
     no_file = sum(row[0] not in photos for row in rows)
     unlisted = set(photos.values()) - set(listed)
-    problems = {f"{no_file} row(s) of labels.csv naming no file in {folder}": no_file,
-                f"{len(unlisted)} file(s) there without a row": unlisted,
-                f"{len(torn)} file(s) listed with two classes ({', '.join(torn[:3])})": torn}
-    if any(problems.values()):
-        left_out = [problem for problem, found in problems.items() if found]
+    problems = [(no_file, f"{no_file} row(s) of labels.csv naming no file in {folder}"),
+                (unlisted, f"{len(unlisted)} file(s) there without a row"),
+                (torn, f"{len(torn)} file(s) listed with two classes ({', '.join(torn[:3])})")]
+    left_out = [problem for count, problem in problems if count]
+    if left_out:
         print(f"warning: left out: {'; '.join(left_out)}", file=sys.stderr)
     classes = sorted(set(found.values()))
     check_classes(labels_csv, classes)
@@ -1033,8 +1020,7 @@ def find_copies_across_splits(splits):
     return copies
 
 def photos_to_predict(paths, image_size):
-    """(path, pixels) for each photo named, and each file in each folder named; pixels is None,
-    with one line on stderr, for a file that is not a photo it can read."""
+    """(path, pixels) for each photo named or in a folder named; None, and a line, if unreadable."""
     for path in paths:
         inside = [path]
         if os.path.isdir(path):  # its photos, and its broken files named like photos
@@ -1090,12 +1076,6 @@ def check_args(s):
         if not ok:
             fail(message)
 
-def same_data_flags(s):
-    """The flags of this run that shaped its features: a run with them reads the features back."""
-    names = ["data_dir", "max_images", "validation_split", "seed", "model_handle", "image_size"]
-    changed = [name for name in names if getattr(s, name) != getattr(Settings, name)]
-    return [f"--{name.replace('_', '-')} {shlex.quote(str(getattr(s, name)))}" for name in changed]
-
 def load_exported_run(run_dir):
     """The exported model, its class names and its image size, from a run folder."""
     try:
@@ -1126,8 +1106,7 @@ def prepare_output_dir(output_dir):
     try:
         os.makedirs(work_dir)
     except FileExistsError:
-        fail(f"{work_dir} exists: another run is writing there, or one was killed; delete it or "
-             "pick another --output-dir")
+        fail(f"{work_dir} exists: a run is writing there, or was killed; delete it or pick another")
     except OSError as e:
         fail(f"cannot create --output-dir {output_dir} ({e.strerror}); choose another folder")
     return output_dir, work_dir
@@ -1160,7 +1139,9 @@ def main(argv=None):
     backend = plt.get_backend()  # with --no-show, Agg for this run only: a notebook keeps its own
     if s.no_show:
         plt.switch_backend("Agg")
-    previous = signal.signal(signal.SIGINT, lambda *_: leave_on_ctrl_c(work_dir, output_dir))
+    previous = signal.getsignal(signal.SIGINT)
+    if "ipykernel" not in sys.modules:  # a notebook's interrupt must not end its kernel
+        signal.signal(signal.SIGINT, lambda *_: leave_on_ctrl_c(work_dir, output_dir))
     try:
         try:
             run_lesson(s, work_dir, results)
@@ -1178,9 +1159,10 @@ def main(argv=None):
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
         signal.signal(signal.SIGINT, previous)
+        for fig in FIGURES.values():  # this run's; a notebook's own pictures stay
+            plt.close(fig)
         if s.no_show:
             plt.switch_backend(backend)
-    plt.close("all")
     return status
 
 NOTHING_WRITTEN = "\nInterrupted: no run folder was written; earlier runs are untouched."
