@@ -21,9 +21,9 @@ import signal, sys, tempfile, time, traceback, types
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # LiteRT's pass 20% faster (appendix B)
-real_stderr = os.dup(2)
+REAL_STDERR, QUIET = os.dup(2), os.open(os.devnull, os.O_WRONLY)  # QUIET: nowhere
 if "ipykernel" in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    os.dup2(QUIET, 2)
 try:
     import matplotlib.pyplot as plt
     import numpy as np
@@ -35,7 +35,7 @@ except KeyboardInterrupt:
     print("Interrupted.", file=sys.stderr)
     sys.exit(130)
 finally:
-    os.dup2(real_stderr, 2)
+    os.dup2(REAL_STDERR, 2)
 # The TF Hub "handle" (address) of the "module" (a saved network) we start from: MobileNetV2.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 CIFAR10_CAT, CIFAR10_DOG = 3, 5  # CIFAR-10's numbers for its cat and dog classes
@@ -69,9 +69,8 @@ class Settings:
     features_with: str = setting("auto", "keras, litert, or auto: litert on a CPU (appendix B)")
 
 def run_lesson(s, run_dir, results):
-    """The table of contents: a function per step, defined below in this order (helpers that are
-    not the lesson's are in the appendix, named where they are called). s: the settings; run_dir:
-    this run's folder; results: what the steps measured, for metrics.json (main() writes it)."""
+    """The table of contents: a function per step, below in this order (helpers: the appendix). s:
+    the settings; run_dir: this run's folder; results: what the steps measure, for metrics.json."""
     print(f"Running on the {device()}.")  # the GPU if TensorFlow finds one
     step("1. Data")  # prints the step's title
     splits, classes = load_photos(s, results) if s.data_dir else load_cifar10_cats_and_dogs()
@@ -234,9 +233,8 @@ def compile_for_training(model, learning_rate):
 
 def fit_keeping_the_best_epoch(model, training, validation, epochs):
     """model.fit, then back to the epoch with the lowest validation loss (the surer of its right
-    answers, the lower; unlike accuracy, it rarely ties), never the test loss: test images stay
-    unseen. The ModelCheckpoint callback saves the weights of each epoch better than all before;
-    we load the last saved. Returns the history (a list per metric, one number per epoch)."""
+    answers, the lower; it rarely ties), never the test loss: test images stay unseen. The
+    ModelCheckpoint callback saves each epoch better than all before; we load the last saved."""
     with tempfile.TemporaryDirectory() as folder:
         best = os.path.join(folder, "best.weights.h5")
         save_best = tf.keras.callbacks.ModelCheckpoint(best, monitor="val_loss",
@@ -303,13 +301,12 @@ def export_model(model, classes, test_split, evaluated, image_size, run_dir):
 
 # 8. Training on the images themselves: fine-tuning and augmentation ---------------------------
 def train_on_images(model, history, evaluated, splits, datasets, classes, s, run_dir, results):
-    """The other half of transfer learning: the model trains on the images themselves. With new
-    variants of each photo every epoch (augmentation), or a base that changes (fine-tuning), the
-    base must run on every image, every epoch. Fine-tuning unfreezes the base: at each batch Keras
-    computes the gradients (how much the loss would change as each weight changes), and the
-    optimizer moves every weight a little against its gradient, at a rate far below the head's,
-    so that noisy gradients from a few thousand images cannot overwrite what ImageNet taught the
-    base. If the head alone did better on the validation images, its weights come back."""
+    """The other half of transfer learning: training on the images themselves. With new variants
+    of each photo every epoch (augmentation), or a base that changes (fine-tuning), the base runs
+    on every image, every epoch. Fine-tuning unfreezes the base: at each batch Keras computes the
+    gradients (how much the loss would change as each weight changes), and the optimizer moves
+    every weight a little against its gradient, far less than the head's, so that a few thousand
+    images cannot overwrite what ImageNet taught. If the head alone did better, it comes back."""
     step("8. Fine-tuning" if s.fine_tune_epochs else "8. Training on augmented images")
     weights_before = [(weight, weight.numpy()) for weight in model.weights]  # to give back
     head_alone = {key: results[key] for key in ("kept_epoch", "train_accuracy", "val_accuracy",
@@ -379,9 +376,8 @@ def read_the_results(model, evaluated, split, classes, image_size, run_dir):
     probabilities = evaluated["probabilities"]
     low, high = accuracy_interval(probabilities.argmax(axis=1), split[1])
     print(f"On other test images the accuracy would likely be between {low:.3f} and {high:.3f} "
-          "(a 95% interval). To compare two models, test both on the same images: of the n that "
-          "only one gets right, equals would each win n/2 give or take sqrt(n)/2 (twice that, "
-          "rarely); so the better must win more than n/2 + sqrt(n).")
+          "(a 95% interval). Comparing two models on the same images, of the n only one gets "
+          "right the better must win over n/2 + sqrt(n) (equals: n/2 +- sqrt(n)/2, rarely 2x).")
     write_predictions(split, probabilities, classes, os.path.join(run_dir, "predictions.csv"))
     images, labels, shown = examples(split, probabilities, 8, image_size)
     plot_where_it_looks(model, images, labels, shown, classes,
@@ -405,8 +401,8 @@ def write_predictions(test, probabilities, classes, path):
         rows = csv.writer(f)
         rows.writerow(["file", "true_class", "predicted_class", "confidence"])
         for i in order:
-            rows.writerow([names[i], classes[labels[i]], classes[predicted[i]],
-                           f"{confidence[i]:.4f}"])
+            row = [names[i], classes[labels[i]], classes[predicted[i]], f"{confidence[i]:.4f}"]
+            rows.writerow(row)
     worst = [f"{names[i]} ({classes[labels[i]]}, taken for {classes[predicted[i]]} "
              f"{confidence[i]:.0%})" for i in order[:3] if predicted[i] != labels[i]]
     print("Most confident mistakes (all in predictions.csv): " + ("; ".join(worst) or "none"))
@@ -429,8 +425,8 @@ def plot_where_it_looks(model, images, labels, probabilities, classes, path):
     save_and_show(fig, path)
 
 def occlusion_maps(model, images, grid=4):
-    """[image, row, column]: how much each image's predicted-class probability drops when a grey
-    patch, 1/4 of the side, hides that part (Zeiler and Fergus, 2014): the animal, or the grass?"""
+    """[image, row, column]: the drop in each image's predicted-class probability when a grey patch,
+    1/4 of the side, hides that part (Zeiler and Fergus, 2014): the animal, or the grass?"""
     patch, before = images.shape[1] // grid, model(images, training=False).numpy()
     maps = np.zeros((len(images), grid, grid), np.float32)
     for row in range(grid):
@@ -444,19 +440,17 @@ def occlusion_maps(model, images, grid=4):
 
 # 10. The model at work: a model for phones, and new photos ------------------------------------
 def export_tflite(model, test_split, evaluated, image_size, run_dir):
-    """model.tflite, for phones: float32 images [1, size, size, 3] in [0, 1] in, probabilities out;
-    checked with LiteRT, TensorFlow's runtime for phones, against the trained model."""
+    """model.tflite, for phones, checked with LiteRT, TensorFlow's runtime for phones."""
     step("10. A model for phones")
     tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     with open(os.path.join(run_dir, "model.tflite"), "wb") as f:
         f.write(tflite)
     run = litert_interpreter(tflite).get_signature_runner()  # the model as a function (app. B)
-    same, largest = [], 0.0  # examples (appendix A): 8 test images, as the network gets them
+    # examples (appendix A): 8 test images as the network gets them; "classifier": the last layer
     images, _, probabilities = examples(test_split, evaluated["probabilities"], 8, image_size)
-    for image, p in zip(images, probabilities):
-        output = run(images=image[None])["classifier"][0]  # named after the model's last layer
-        same.append(output.argmax() == p.argmax())
-        largest = max(largest, float(np.abs(output - p).max()))
+    outputs = np.array([run(images=image[None])["classifier"][0] for image in images])
+    same = outputs.argmax(axis=1) == probabilities.argmax(axis=1)
+    largest = float(np.abs(outputs - probabilities).max())
     print(f"model.tflite: {len(tflite) / 1e6:.1f} MB, the same class as the trained model for "
           f"{sum(same)} of {len(same)} test images, probabilities within {largest:.1e}.")
     return dict(tflite_agreement=float(np.mean(same)), tflite_largest_difference=largest)
@@ -538,8 +532,7 @@ def sample(splits, max_images, seed):
     """--max-images N: about N images of each split, each class keeping its share."""
     classes = len(np.unique(splits["train"][1]))
     if max_images is not None and max_images < classes:
-        fail(f"--max-images {max_images} is fewer than the {classes} classes; give at least "
-             f"{classes}, so that every class keeps an image")
+        fail(f"--max-images {max_images} is fewer than the {classes} classes: give {classes}+")
     for name, split in splits.items():
         if max_images and len(split[1]) > max_images:
             _, splits[name] = carve(split, max_images / len(split[1]), seed)  # keep the carved
@@ -547,12 +540,10 @@ def sample(splits, max_images, seed):
 
 def count_images(splits, classes):
     """Print each split's images per class: a class with few images is learned badly."""
-    counts = {}
     for name, (_, y, _) in splits.items():
         per_class = [f"{np.sum(y == label)} {c}" for label, c in enumerate(classes)]
         print(f"{name:>10}: {len(y):5d} images ({', '.join(per_class)})")
-        counts[f"num_{name}"] = len(y)
-    return counts
+    return {f"num_{name}": len(split[1]) for name, split in splits.items()}
 
 def load_module(handle, image_size):
     """hub.load(handle), or one line saying why the module cannot be used."""
@@ -563,8 +554,7 @@ def load_module(handle, image_size):
     try:
         features = module(tf.zeros([1, image_size, image_size, 3])).numpy()
     except Exception:
-        fail(f"the module {handle} does not take {image_size}x{image_size} images; set "
-             "--image-size to its own")
+        fail(f"the module {handle} does not take {image_size}-pixel images; set --image-size")
     if features.ndim != 2 or features.shape[1] in (1000, 1001) or np.allclose(features.sum(1), 1):
         fail(f"the module {handle} returns {features.shape}: a feature map or class scores, not a "
              f"feature vector; use a feature-vector module such as {DEFAULT_HANDLE}")
@@ -572,8 +562,7 @@ def load_module(handle, image_size):
 
 def why_the_module_cannot_load(handle, error):
     if "://" not in handle:
-        return (f"cannot load --model-handle {handle} ({error}); give a folder holding a TF2 "
-                "SavedModel (saved_model.pb)")
+        return f"cannot load --model-handle {handle} ({error}); give a TF2 SavedModel's folder"
     cached = os.path.join(hub.resolver.tfhub_cache_dir(use_temp=True),
                           hashlib.sha1(handle.encode("utf8")).hexdigest())
     if os.path.isdir(cached):  # TF Hub never downloads a handle again while its folder exists
@@ -631,17 +620,12 @@ def examples(split, probabilities, count, image_size):
 
 def pick_examples(labels, predicted, count):
     """Up to count test images to show: wrong and right ones of every class, taken in turn."""
-    groups = []
+    groups = []  # the wrong ones of each class, then the right ones
     for right in (False, True):
         for label in np.unique(labels):
-            of_class = (labels == label) & ((predicted == labels) == right)
-            groups.append(list(np.flatnonzero(of_class)))
-    picks = []
-    while len(picks) < count and any(groups):
-        for group in groups:
-            if group and len(picks) < count:
-                picks.append(group.pop(0))
-    return picks
+            groups.append(np.flatnonzero((labels == label) & ((predicted == labels) == right)))
+    turns = sorted((k, g, i) for g, group in enumerate(groups) for k, i in enumerate(group))
+    return [i for _, _, i in turns[:count]]  # the first of each group, then the second, ...
 
 def plot_predictions(images, labels, probabilities, classes, path=None):
     """Test images, each titled with the predicted class and its probability: green if right."""
@@ -666,12 +650,11 @@ def write_quietly(archive, folder):
 
 def check_export(run_dir, test, probabilities, image_size):
     """Reload model/ and classify the first test images with it, as stored, as --predict does."""
-    reloaded, largest, same = tf.saved_model.load(os.path.join(run_dir, "model")), 0.0, 0
-    count = min(8, len(test[1]))
-    for i in range(count):  # one by one: photos come in all sizes
-        again = reloaded.serve(stored_image(test[0][i], image_size)[None]).numpy()[0]
-        largest = max(largest, float(np.abs(again - probabilities[i]).max()))
-        same += int(again.argmax() == probabilities[i].argmax())
+    reloaded, count = tf.saved_model.load(os.path.join(run_dir, "model")), min(8, len(test[1]))
+    again = np.array([reloaded.serve(stored_image(test[0][i], image_size)[None]).numpy()[0]
+                      for i in range(count)])  # one by one: photos come in all sizes
+    same = int(np.sum(again.argmax(axis=1) == probabilities[:count].argmax(axis=1)))
+    largest = float(np.abs(again - probabilities[:count]).max())
     tolerance = 1e-2 if device() == "GPU" else 1e-3  # float rounding; TF32 on a GPU
     passed = same == count and largest <= tolerance
     print(f"Reloaded model/: the same class for {same} of {count} test images, probabilities "
@@ -679,12 +662,11 @@ def check_export(run_dir, test, probabilities, image_size):
     if not passed:
         print(f"warning: the exported model differs from the trained one by more than {tolerance}"
               " (see export_check in metrics.json); the run is kept", file=sys.stderr)
-    return dict(images=count, same_class=same / count, passed=passed,
-                largest_difference=largest, tolerance=tolerance)
+    return dict(images=count, same_class=same / count, passed=passed, tolerance=tolerance,
+                largest_difference=largest)
 
 def show_progress(name, count):
-    """A Keras callback printing images done and how fast: a line redrawn twice a second on a
-    terminal; in a file or a pipe, a line per tenth of the images."""
+    """A Keras callback printing images done: on a terminal twice a second, else each tenth."""
     start, terminal, last = time.perf_counter(), sys.stdout.isatty(), dict(time=0.0, tenth=0)
     def report(batch, logs):
         done, now = min((batch + 1) * PREDICT_BATCH, count), time.perf_counter()
@@ -698,12 +680,10 @@ def show_progress(name, count):
     return tf.keras.callbacks.LambdaCallback(on_predict_batch_end=report)
 
 # B. Speed-ups: features kept on disk, and LiteRT for the feature pass on a CPU -----------------
-# Both give the numbers step 3 computes, sooner. Kept features are in a file named by a hash of
-# the module, the image size and the images (CIFAR's pixels; a photo's path, size and time of last
-# change); the folder keeps the 20 files used last. LiteRT's features equal Keras' to 2e-5.
+# The same numbers as step 3, sooner: kept in a file named by a hash of the module, the image size
+# and the images (a photo's path, size and time), the 20 used last; LiteRT's equal Keras' to 2e-5.
 def with_speed_ups(extractor, datasets, splits, s, results):
-    """A stand-in for the extractor: its predict() gives the features an earlier run kept, if the
-    code still computes the same; else computes them, with LiteRT on a CPU, and keeps them."""
+    """A stand-in extractor: an earlier run's features, or computed (LiteRT on a CPU) and kept."""
     path = feature_file(splits, s)
     kept = read_kept_features(path, extractor, splits["train"], s.image_size)
     runtime = None if kept is not None else choose_runtime(s, splits)
@@ -725,14 +705,12 @@ try:  # LiteRT, TensorFlow's runtime for phones, has no wheels for some platform
 except ImportError:
     LiteRT = None
 
-def litert_interpreter(tflite):  # in a notebook, without its "INFO: Created ... delegate" line
-    real_stderr = os.dup(2)
-    if "ipykernel" in sys.modules:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+def litert_interpreter(tflite):  # without its "INFO: Created ... delegate" line on stderr
+    os.dup2(QUIET, 2)
     try:
         return (LiteRT or tf.lite.Interpreter)(model_content=tflite, num_threads=os.cpu_count())
     finally:
-        os.dup2(real_stderr, 2)
+        os.dup2(REAL_STDERR, 2)
 
 def choose_runtime(s, splits):
     """--features-with, where auto is litert on a CPU with enough images to repay converting."""
@@ -784,13 +762,11 @@ def feature_file(splits, s):  # None with --no-cache
 
 def read_kept_features(path, extractor, train, image_size):
     """An earlier run's features, if the code still computes the first 8 the same; or None."""
-    if path is None:
+    if path is None or not os.path.exists(path):
         return None
     try:
         with np.load(path) as kept:
             features = {name: kept[name] for name in ("train", "validation", "test")}
-    except FileNotFoundError:
-        return None
     except Exception as e:  # cut short by a crash, or damaged
         print(f"warning: cannot read the features kept in {path} ({type(e).__name__}); "
               "computing them again", file=sys.stderr)
@@ -822,22 +798,18 @@ def keep_features(path, features):
         print(f"warning: cannot keep the features in {path} ({e.strerror})", file=sys.stderr)
 
 # C. Your own photos: class folders, a labels file, unreadable files, copies -------------------
-# Photos as people have them train: broken files skipped and named, phone photos upright, read
-# small (tf.keras.utils.image_dataset_from_directory stops at the first broken file, and more).
+# Photos as people have them: broken files skipped and named, phone photos upright, read small.
 SPLIT_FOLDERS = {"train": ["train"], "validation": ["validation", "val", "valid"], "test": ["test"]}
-# An image of more pixels is skipped like a broken file: a "decompression bomb", small on disk and
-# huge decoded. A JPEG's count at 1/8 of each side, as draft() decodes it (200-megapixel phones).
-MAX_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = None  # Pillow's own check warns or refuses by the full size, JPEGs too
+MAX_PIXELS = 64_000_000  # more, decoded: skipped like a broken file (a "decompression bomb")
+Image.MAX_IMAGE_PIXELS = None  # Pillow's own check counts a JPEG's pixels before draft()
 
 def read_if_photos(x, image_size):
     """A tf.data step: CIFAR's pixels pass as they are; photos are read from their files."""
     return read_photo_op(x, image_size) if isinstance(x[0], str) else lambda *pair: pair
 
 def read_photo(path, image_size):
-    """A photo's RGB pixels (uint8), upright as its EXIF orientation says (phones store portrait
-    shots sideways and tell viewers to turn them). A JPEG is decoded at the smallest of its scales
-    (1/8, 1/4, 1/2, 1) that keeps image_size pixels: a fraction of the work for 12 megapixels."""
+    """A photo's RGB pixels, upright as its EXIF says (phones store portrait shots sideways); a
+    JPEG decoded at its smallest scale (1/8, 1/4, 1/2, 1) keeping image_size: cheap for phones."""
     with Image.open(path) as photo:
         photo.draft("RGB", (image_size, image_size))
         if photo.width * photo.height > MAX_PIXELS:
@@ -867,14 +839,13 @@ def is_plain_jpeg(path, image_size):
 
 def load_photos(s, results):
     """Your photos' paths and labels, from class folders or labels.csv; unreadable files out."""
-    data_dir = s.data_dir
-    if not os.path.isdir(data_dir):
-        fail(f"--data-dir {data_dir} is not a folder; give a folder with one sub-folder per class")
+    if not os.path.isdir(s.data_dir):
+        fail(f"--data-dir {s.data_dir} is not a folder; give a folder with a sub-folder per class")
     folders = {}  # {split: folder}, with split folders
-    if os.path.isfile(os.path.join(data_dir, "labels.csv")):
-        splits, classes = read_labels_csv(data_dir)
+    if os.path.isfile(os.path.join(s.data_dir, "labels.csv")):
+        splits, classes = read_labels_csv(s.data_dir)
     else:
-        folders = find_split_folders(data_dir)
+        folders = find_split_folders(s.data_dir)
         classes = visible(folders["train"])
         check_classes(folders["train"], classes)
         splits = {split: list_files(folder, classes) for split, folder in folders.items()}
@@ -902,8 +873,7 @@ def check_classes_can_be_split(splits, classes, s):
         count = int(np.sum(splits["train"][1] == label))
         if count - carved * max(1, round(count * s.validation_split)) < 1:
             fail(f"class {name} has {count} readable image(s) in {s.data_dir}, too few to keep any "
-                 f"for training after {carved} split(s) carved out; add images, or lower "
-                 "--validation-split")
+                 "for training; add images, or lower --validation-split")
 
 def visible(folder, wanted=os.path.isdir):
     """The names in folder that are not hidden and pass wanted (by default: sub-folders)."""
@@ -924,9 +894,8 @@ def find_split_folders(data_dir):
 
 def check_classes(folder, classes):
     if classes and set(classes) <= {name for names in SPLIT_FOLDERS.values() for name in names}:
-        fail(f"--data-dir {folder} holds only split folders ({', '.join(classes)}) of images and "
-             "no labels.csv: put each class in a folder of its own, DIR/train/<class>/*.jpg, or "
-             "add DIR/labels.csv with a file name and a class per row")
+        fail(f"--data-dir {folder} holds only split folders ({', '.join(classes)}) and no "
+             "labels.csv: put each class in a folder, DIR/train/<class>/*.jpg, or add labels.csv")
     if len(classes) < 2:
         fail(f"--data-dir {folder} has {len(classes)} class(es); a classifier needs at least 2, "
              "e.g. DIR/cat/*.jpg and DIR/dog/*.jpg")
@@ -944,9 +913,8 @@ def list_files(folder, classes):
     return np.array(paths), np.array(labels, dtype=np.int64), np.array(paths)
 
 def read_labels_csv(data_dir):
-    """Kaggle's layout: photos in DIR/train/ (or DIR/), and DIR/labels.csv with a file name (often
-    without its extension) and a class per row, after a header row or not. A photo listed with
-    two classes is left out; listed twice with the same, it is used once."""
+    """Kaggle's layout: photos in DIR/train/ (or DIR/); DIR/labels.csv, a header row or not, then a
+    file name (the extension optional) and a class per row. A photo with two classes is left out."""
     folder = os.path.join(data_dir, "train")
     folder = folder if os.path.isdir(folder) else data_dir
     labels_csv = os.path.join(data_dir, "labels.csv")
@@ -970,11 +938,11 @@ def read_labels_csv(data_dir):
     found = {path: labels.pop() for path, labels in listed.items() if len(labels) == 1}
     torn = [os.path.basename(path) for path in sorted(set(listed) - set(found))]
     no_file = sum(row[0] not in photos for row in rows)
-    unlisted = set(photos.values()) - set(listed)
-    problems = [(no_file, f"{no_file} row(s) of labels.csv naming no file in {folder}"),
-                (unlisted, f"{len(unlisted)} file(s) there without a row"),
-                (torn, f"{len(torn)} file(s) listed with two classes ({', '.join(torn[:3])})")]
-    left_out = [problem for count, problem in problems if count]
+    unlisted = len(set(photos.values()) - set(listed))
+    left_out = [f"{count} {what}" for count, what in [
+        (no_file, f"row(s) of labels.csv naming no file in {folder}"),
+        (unlisted, "file(s) there without a row"),
+        (len(torn), f"file(s) listed with two classes ({', '.join(torn[:3])})")] if count]
     if left_out:
         print(f"warning: left out: {'; '.join(left_out)}", file=sys.stderr)
     classes = sorted(set(found.values()))
@@ -996,8 +964,7 @@ def check_photo(path):
                 return None
             if photo.format != "JPEG":
                 photo.load()
-            # A copy cut short lacks the end marker. Look after the header, where Pillow stopped:
-            # a phone's thumbnail, inside the header, has a marker of its own.
+            # A copy cut short lacks the end marker: look after the header (a thumbnail has one)
             elif data.find(b"\xff\xd9", photo.fp.tell()) < 0:
                 return None
             plain = (photo.format == "JPEG" and photo.mode in ("RGB", "L")
@@ -1028,8 +995,7 @@ def photos_to_predict(paths, image_size):
             inside = [file for file in inside if check_photo(file) or os.path.splitext(file)[1]
                       .lower() in Image.registered_extensions()]
             if not inside:
-                fail(f"--predict {path} is a folder with no photos in it; put photos there, or "
-                     "name the photos themselves")
+                fail(f"--predict {path} is a folder with no photos in it; put photos there")
         for photo in inside:
             try:
                 yield photo, read_photo(photo, image_size)
@@ -1060,13 +1026,12 @@ def fail(message):  # bad input ends here: one line saying what is wrong and how
 
 def check_args(s):
     for ok, message in [
-            (s.epochs >= 1, "--epochs must be at least 1"),
-            (s.batch_size >= 1, "--batch-size must be at least 1"),
+            (min(s.epochs, s.batch_size) >= 1, "--epochs and --batch-size must be at least 1"),
             (0 < s.validation_split < 1, "--validation-split must be between 0 and 1, e.g. 0.1"),
             (0 <= s.dropout < 1, "--dropout must be in [0, 1), e.g. 0.2"),
             (s.image_size >= 32, "--image-size must be 32 or more (224 for the default module)"),
-            (s.learning_rate > 0, "--learning-rate must be positive, e.g. 0.001"),
-            (s.fine_tune_learning_rate > 0, "--fine-tune-learning-rate must be positive"),
+            (min(s.learning_rate, s.fine_tune_learning_rate) > 0, "--learning-rate and "
+             "--fine-tune-learning-rate must be positive, e.g. 0.001 and 0.0001"),
             (s.fine_tune_epochs >= 0, "--fine-tune-epochs cannot be negative"),
             (s.max_images is None or s.max_images >= 1, "--max-images must be at least 1"),
             (not s.predict or s.model_dir, "--predict needs --model-dir, an earlier run"),
