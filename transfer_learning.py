@@ -232,9 +232,9 @@ def compile_for_training(model, learning_rate):
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 def fit_keeping_the_best_epoch(model, training, validation, epochs):
-    """model.fit, then back to the epoch with the lowest validation loss (the surer of its right
-    answers, the lower; it rarely ties), never the test loss: test images stay unseen. The
-    ModelCheckpoint callback saves each epoch better than all before; we load the last saved."""
+    """model.fit, then back to the epoch with the lowest validation loss (it falls as the model
+    grows surer of its right answers and, unlike accuracy, rarely ties); never the test loss, as
+    test images stay unseen. ModelCheckpoint saves each epoch better than all before; we load it."""
     with tempfile.TemporaryDirectory() as folder:
         best = os.path.join(folder, "best.weights.h5")
         save_best = tf.keras.callbacks.ModelCheckpoint(best, monitor="val_loss",
@@ -305,14 +305,13 @@ def train_on_images(model, history, evaluated, splits, datasets, classes, s, run
     of each photo every epoch (augmentation), or a base that changes (fine-tuning), the base runs
     on every image, every epoch. Fine-tuning unfreezes the base: at each batch Keras computes the
     gradients (how much the loss would change as each weight changes), and the optimizer moves
-    every weight a little against its gradient, far less than the head's, so that a few thousand
+    every weight a little against its gradient, at a rate far below the head's, so that a few
     images cannot overwrite what ImageNet taught. If the head alone did better, it comes back."""
     step("8. Fine-tuning" if s.fine_tune_epochs else "8. Training on augmented images")
     weights_before = [(weight, weight.numpy()) for weight in model.weights]  # to give back
     head_alone = {key: results[key] for key in ("kept_epoch", "train_accuracy", "val_accuracy",
                                                 "test_accuracy", "test_loss")}
-    # Training keeps every layer's outputs for each image of a batch, to compute the gradients:
-    # 64 images of 224x224 (batch_size's default) took 6 GB. Fine-tuning takes batches of 16 (3 GB).
+    # Gradients need each layer's outputs for every image of a batch: 64 images took 6 GB; 16, 3 GB.
     batch_size = min(16, s.batch_size) if s.fine_tune_epochs else s.batch_size
     x, y, _ = splits["train"]
     images = make_dataset(x, y, s.image_size, batch_size, shuffle_seed=s.seed)
@@ -376,8 +375,8 @@ def read_the_results(model, evaluated, split, classes, image_size, run_dir):
     probabilities = evaluated["probabilities"]
     low, high = accuracy_interval(probabilities.argmax(axis=1), split[1])
     print(f"On other test images the accuracy would likely be between {low:.3f} and {high:.3f} "
-          "(a 95% interval). Comparing two models on the same images, of the n only one gets "
-          "right the better must win over n/2 + sqrt(n) (equals: n/2 +- sqrt(n)/2, rarely 2x).")
+          "(a 95% interval). To compare two models, test both on the same images and look at those "
+          "only one of them gets right: the better should win clearly more than half of these.")
     write_predictions(split, probabilities, classes, os.path.join(run_dir, "predictions.csv"))
     images, labels, shown = examples(split, probabilities, 8, image_size)
     plot_where_it_looks(model, images, labels, shown, classes,
@@ -583,6 +582,7 @@ def save_and_show(fig, path):
     elif path in FIGURES:
         plt.close(FIGURES[path])  # the window shown at the end is the final picture's
     FIGURES[path] = fig
+
 def plot_history(histories, path):
     """Loss and accuracy per epoch; a star marks the epoch kept, where lesson 8 starts."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
