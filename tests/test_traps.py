@@ -286,3 +286,11 @@ def test_a_failing_export_leaves_keras_logging_on(module32, tmp_path, monkeypatc
         assert tf.keras.utils.is_interactive_logging_enabled(), "Keras' logging is left off"
     finally:
         tf.keras.utils.enable_interactive_logging()  # for the tests that follow
+
+
+def test_what_to_try_next_says_when_this_run_kept_no_features(capsys):
+    """After --no-cache, the next run computes the features: "seconds" needs a caveat then only."""
+    for flags, caveat in (([], False), (["--no-cache"], True)):
+        tl.print_what_to_try_next(tl.parse_args(flags), "runs/20261201-120000")
+        printed = capsys.readouterr().out
+        assert ("once a run without --no-cache has kept the features" in printed) == caveat, printed
