@@ -10,8 +10,7 @@ images (N, 224, 224, 3) -> frozen base -> features (N, 1280) -> head -> probabil
     %run transfer_learning.py --max-images 300    (in a notebook: each picture as it is made)
 Set up: pip install -r requirements.txt. A first run takes a minute or two on a laptop CPU; the
 head is right about 79 times in 100 on new images (chance: 50). It writes runs/<date-time>/.
-Read it from the top: the settings, run_lesson() (the contents), the lesson's steps 1-7, extra
-lessons 8-11 (9 and 11 run every time); after a banner, machinery nobody needs to read to learn.
+Read it from the top: settings, run_lesson() (the contents), steps 1-7, extras 8-11, appendix.
 """
 import argparse, csv, dataclasses, functools, hashlib, io, json, os, platform, shlex, shutil
 import signal, sys, tempfile, time, traceback, types
@@ -69,8 +68,7 @@ class Settings:
     features_with: str = setting("auto", "keras, litert, or auto: litert on a CPU (appendix B)")
 
 def run_lesson(s, run_dir, results):
-    """The table of contents: a function per step, below in this order (helpers: the appendix). s:
-    the settings; run_dir: this run's folder; results: what the steps measure, for metrics.json."""
+    """The table of contents: a step per function, below in this order; results: metrics.json."""
     print(f"Running on the {device()}.")  # the GPU if TensorFlow finds one
     step("1. Data")  # prints the step's title
     splits, classes = load_photos(s, results) if s.data_dir else load_cifar10_cats_and_dogs()
@@ -125,10 +123,9 @@ def load_cifar10_cats_and_dogs():
     return splits, ["cat", "dog"]
 
 def carve_missing_splits(splits, fraction, seed):
-    """CIFAR-10 has no validation split: each split missing is carved out of the training images."""
+    """A split missing (CIFAR-10 has no validation) is carved out of training, a share per class."""
     missing = [name for name in ("validation", "test") if name not in splits]
-    # carve (appendix A): the same fraction of each class, at random; the rest stays in train
-    splits["train"], *carved = carve(splits["train"], fraction, seed, parts=len(missing))
+    splits["train"], *carved = carve(splits["train"], fraction, seed, parts=len(missing))  # app. A
     splits.update(zip(missing, carved))
     return {name: splits[name] for name in ("train", "validation", "test")}
 
@@ -153,8 +150,7 @@ def scale_and_resize(images, image_size):
     return tf.clip_by_value(images, 0.0, 1.0)  # resizing can overshoot, to 1.0000002 say
 
 def show_data(train, classes, size, path):
-    """Look before training: data.png with two training images of each class (8 classes at most),
-    as stored and as the network gets them; and the shape of what it gets."""
+    """Look before training: two training images a class (8 at most), as stored and as received."""
     rows = min(8, len(classes))
     fig, axes = plt.subplots(rows, 4, figsize=(11, 2.8 * rows), squeeze=False, layout="constrained",
                              subplot_kw=dict(xticks=[], yticks=[]))
