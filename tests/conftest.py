@@ -27,6 +27,7 @@ SCRIPT = os.path.join(REPO, "transfer_learning.py")
 sys.path.insert(0, REPO)
 
 import transfer_learning as tl  # noqa: E402
+import benchmark  # noqa: E402  (its step 1, shared with the tests)
 
 
 @pytest.fixture(autouse=True)
@@ -142,13 +143,7 @@ def fake_cifar10(n_train=300, n_test=100, seed=0):
 
 def load_data(s, results):
     """Step 1 of run_lesson, as it runs there: (splits, classes); results gets what it records."""
-    splits, classes = tl.load_photos(s, results) if s.data_dir else tl.load_cifar10_cats_and_dogs()
-    splits = tl.carve_missing_splits(splits, s.validation_split, s.seed)
-    splits = tl.sample(splits, s.max_images, s.seed)
-    results.update(classes=classes, **tl.count_images(splits, classes))
-    if s.data_dir:
-        results["copies_across_splits"] = tl.find_copies_across_splits(splits)
-    return splits, classes
+    return benchmark.load_data(tl, s, results)
 
 
 def run_script(*args, env=None, timeout=300):
