@@ -1,29 +1,26 @@
 """Transfer learning: MobileNetV2, trained on ImageNet, learns your classes in minutes.
 
-MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. Kept "frozen" (its
-weights never change), it turns each image into 1280 numbers, its "features", the same every time:
-so we compute them once, and a small new "head" (Dropout, then Dense) learns your classes from them
-in seconds: CIFAR-10's cats and dogs, or your own photos. Then we test it honestly, see where it
-looks and what it gets wrong, and export it. The data flow, N images at a time:
-images (N, 224, 224, 3) -> frozen base -> features (N, 1280) -> head -> probabilities (N, 2).
-    python transfer_learning.py [--max-images 300: a quick look] [--data-dir DIR: your photos]
-    %run transfer_learning.py --max-images 300    (in a notebook: each picture as it is made)
-Set up: pip install -r requirements.txt. A first run takes a minute or two on a laptop CPU; the
-head is right about 79 times in 100 on new images (chance: 50). It writes runs/<date-time>/.
-Read it from the top: settings, run_lesson() (the contents), steps 1-7, extras 8-11, appendix.
-"""
-import argparse, csv, dataclasses, functools, hashlib, io, json, os, platform, shlex, shutil
-import signal, sys, tempfile, time, traceback, types
+MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. We keep it "frozen": its
+weights never change. It turns each image into 1280 numbers, its "features", and, frozen, it gives
+an image the same features every time. So we compute them once, and a small new "head" (Dropout,
+then Dense) learns your classes from them in seconds. The data flow, N images at a time:
+    images (N, 224, 224, 3) -> frozen base -> features (N, 1280) -> head -> probabilities (N, 2)
+Run: pip install -r requirements.txt, then python transfer_learning.py (add --max-images 300 for a
+quick look, --data-dir DIR for your own photos; in a notebook: %run transfer_learning.py). It takes
+a minute or two on a laptop CPU; the head is right about 79 times in 100 on CIFAR-10's test cats
+and dogs (chance: 50). Read from the top: settings, run_lesson() (the contents), steps 1-7 (the
+lesson), lessons 8-11 (further), then the appendix (the tool's machinery)."""
+import argparse, collections, csv, dataclasses, functools, hashlib, io, json, os, platform, shlex
+import shutil, signal, sys, tempfile, time, traceback, types
 
-# Start-up, before TensorFlow loads; nothing to learn here. TF Hub's layers need Keras 2 (tf-keras),
-# not Keras 3; TensorFlow's loading messages stay quiet (in a notebook: sent nowhere); Ctrl-C too.
+# Set before TensorFlow loads; nothing to learn here. TF Hub's layers need Keras 2, not Keras 3.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # LiteRT's pass 20% faster (appendix B)
-REAL_STDERR, QUIET = os.dup(2), os.open(os.devnull, os.O_WRONLY)  # QUIET: nowhere
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's loading messages: errors only
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # LiteRT's feature pass: 20% faster
+REAL_STDERR, QUIET = os.dup(2), os.open(os.devnull, os.O_WRONLY)  # QUIET: output sent nowhere
 if "ipykernel" in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
-    os.dup2(QUIET, 2)
-try:
+    os.dup2(QUIET, 2)  # a notebook shows even what TensorFlow's C++ code prints while loading
+try:  # Ctrl-C while the libraries load: one line, not a traceback
     import matplotlib.pyplot as plt
     import numpy as np
     import tensorflow as tf
@@ -37,7 +34,6 @@ finally:
     os.dup2(REAL_STDERR, 2)
 # The TF Hub "handle" (address) of the "module" (a saved network) we start from: MobileNetV2.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
-CIFAR10_CAT, CIFAR10_DOG = 3, 5  # CIFAR-10's numbers for its cat and dog classes
 PREDICT_BATCH = 32  # images per batch through the frozen base (the head trains in batch_size)
 
 def setting(default, why, **flag):  # a setting's default, and why, for Settings and --help
@@ -46,7 +42,7 @@ def setting(default, why, **flag):  # a setting's default, and why, for Settings
 @dataclasses.dataclass
 class Settings:
     """Every setting, its default and why. Each is a flag too: --data-dir photos/, --epochs 20."""
-    data_dir: str = setting(None, "your photos, DIR/<class>/*.jpg (appendix C); none: CIFAR-10")
+    data_dir: str = setting(None, "your photos, DIR/<class>/*.jpg; none: CIFAR-10's cats and dogs")
     max_images: int = setting(None, "about this many images per split, for a quick look; none: all")
     validation_split: float = setting(0.1, "each class's share held out for validation (step 1)")
     model_handle: str = setting(DEFAULT_HANDLE, "TF Hub URL or folder of the base's SavedModel")
@@ -56,52 +52,61 @@ class Settings:
     batch_size: int = setting(64, "images per training step of the head (step 4)")
     learning_rate: float = setting(1e-3, "how far each step moves the head's weights")
     seed: int = setting(42, "random seed for the splits and training: the same run twice")
+    # For the extra lessons, 8-11, and the tool, after the lesson
     fine_tune_epochs: int = setting(0, "lesson 8: then train the whole network (3 GB of memory)")
-    fine_tune_learning_rate: float = setting(1e-4, "lesson 8: its peak, for batches of batch_size")
+    fine_tune_learning_rate: float = setting(1e-4, "lesson 8: the highest rate while fine-tuning")
     augment: bool = setting(False, "lesson 8: train on flipped, turned and zoomed images (slow)")
     tflite: bool = setting(False, "lesson 10: also export model.tflite, for phones")
     predict: str = setting(None, "lesson 10: classify these photos", nargs="+", metavar="PHOTO")
     model_dir: str = setting(None, "lesson 10: the folder of an earlier run, for --predict")
     output_dir: str = setting(None, "folder for this run; none: a new runs/<date-time>")
     no_show: bool = setting(False, "save the pictures without showing them")
-    no_cache: bool = setting(False, "compute the features afresh, and keep none (appendix B)")
-    features_with: str = setting("auto", "keras, litert, or auto: litert on a CPU (appendix B)")
+    no_cache: bool = setting(False, "compute the features afresh, and keep none for the next run")
+    features_with: str = setting("auto", "keras, litert, or auto: litert on a CPU (faster there)")
 
 def run_lesson(s, run_dir, results):
     """The table of contents: a step per function, below in this order; results: metrics.json."""
     print(f"Running on the {device()}.")  # the GPU if TensorFlow finds one
     step("1. Data")  # prints the step's title
-    splits, classes = load_photos(s, results) if s.data_dir else load_cifar10_cats_and_dogs()
+    if s.data_dir:  # your own photos, from class folders or a labels.csv (appendix C)
+        splits, classes, results["skipped_files"] = load_photos(s)
+    else:
+        splits, classes = load_cifar10_cats_and_dogs()
     splits = carve_missing_splits(splits, s.validation_split, s.seed)
     splits = sample(splits, s.max_images, s.seed)  # --max-images: a quick look (appendix A)
-    results.update(classes=classes, **count_images(splits, classes))  # per class (appendix A)
+    results.update(classes=classes, **count_images(splits, classes))  # prints them per class
     if s.data_dir:  # copies of training photos among the test photos flatter it (appendix C)
         results["copies_across_splits"] = find_copies_across_splits(splits)
     datasets = {}  # tf.data pipelines that read and resize each split's images as needed
-    for name, (x, y, _) in splits.items():
-        datasets[name] = make_dataset(x, y, s.image_size)
+    for name, split in splits.items():
+        datasets[name] = make_dataset(split.x, split.y, s.image_size)
     show_data(splits["train"], classes, s.image_size, os.path.join(run_dir, "data.png"))
     step("2. Model")
-    module = load_module(s.model_handle, s.image_size)  # hub.load, with checks (appendix A)
+    module = load_module(s.model_handle, s.image_size)  # hub.load(), with clear errors
     model, extractor, head = build_model(module, s.image_size, len(classes), s.dropout)
     step("3. Bottleneck features")  # the 1280 numbers the frozen base boils each image down to
-    extractor = with_speed_ups(extractor, datasets, splits, s, results)  # same, sooner: appendix B
-    features = compute_features(extractor, datasets, splits)
+    features = read_kept_features(extractor, splits, s)  # an earlier run's (appendix B), or None
+    results.update(features_source(splits, s, kept=features is not None))  # for metrics.json
+    if features is None:  # none kept: each image goes through the frozen base, once
+        features = compute_features(litert_if_faster(extractor, splits, s), datasets, splits)
+        keep_features(features, splits, s)  # for the next run on these images (appendix B)
     step("4. Training the head")
-    history, measured = train_head(head, features, splits, len(classes), s)
-    results.update(measured)
+    history, trained = train_head(head, features, splits, len(classes), s)
+    results.update(trained)
     step("5. Evaluation")
-    evaluated, measured = evaluate(head, features["test"], splits["test"], classes)
-    results.update(measured)
-    step("6. Plots")  # [history]: a list, as lesson 8 adds a history of its own
+    evaluated, tested = evaluate(head, features["test"], splits["test"], classes)
+    results.update(tested)
+    step("6. Plots")
     plot_results([history], evaluated, splits["test"], classes, s.image_size, run_dir)
     step("7. Export")
     results["export_check"] = export_model(model, classes, splits["test"], evaluated, s.image_size,
                                            run_dir)
-    # Extra lessons, after the banner below step 7: 9 and 11 every time, 8 and 10 if asked for
+    # The lesson ends here; lessons 8 and 10 run if asked for, 9 and 11 every time.
     if s.fine_tune_epochs or s.augment:
-        model, evaluated = train_on_images(model, history, evaluated, splits, datasets, classes,
-                                           s, run_dir, results)
+        model, evaluated, measured = train_on_images(model, history, dict(trained, **tested),
+                                                     evaluated, splits, datasets, classes, s,
+                                                     run_dir)
+        results.update(measured)
     results.update(read_the_results(model, evaluated, splits["test"], classes, s.image_size,
                                     run_dir))
     if s.tflite:
@@ -110,23 +115,27 @@ def run_lesson(s, run_dir, results):
 
 # 1. Data --------------------------------------------------------------------------------------
 # Three splits: training images teach the head; validation images pick the best epoch (one pass
-# over all training images); test images, unseen until step 5, say how it does on new photos. A
-# split is (x, y, names): the images (pixels, or a photo's file), class numbers (0 = cat), names.
+# over all training images); test images, unseen until step 5, say how it does on new photos. Each
+# split holds x, its images (CIFAR's pixels or your photos' files), y, their classes (cat 0, dog 1),
+# and names, for the results.
+Split = collections.namedtuple("Split", ["x", "y", "names"])
+
 def load_cifar10_cats_and_dogs():
     """CIFAR-10's 32x32 photos of cats and dogs: 10000 for training, 2000 for testing."""
     splits = {}
-    for name, (x, y) in zip(["train", "test"], download_cifar10()):  # 160 MB once (appendix A)
+    for name, (x, y) in zip(["train", "test"], download_cifar10()):  # 160 MB, once
         y = y.flatten()  # Keras gives the labels as a column: [[3], [5], ...]
-        keep = np.flatnonzero((y == CIFAR10_CAT) | (y == CIFAR10_DOG))
+        keep = np.flatnonzero((y == 3) | (y == 5))  # CIFAR-10's class numbers for cat and dog
         names = np.array([f"CIFAR-10 {name} image {i}" for i in keep])
-        splits[name] = (x[keep], (y[keep] == CIFAR10_DOG).astype(np.int64), names)  # dog: 1
+        splits[name] = Split(x[keep], (y[keep] == 5).astype(np.int64), names)
     return splits, ["cat", "dog"]
 
 def carve_missing_splits(splits, fraction, seed):
     """A split missing (CIFAR-10 has no validation) is carved out of training, a share per class."""
     missing = [name for name in ("validation", "test") if name not in splits]
-    splits["train"], *carved = carve(splits["train"], fraction, seed, parts=len(missing))  # app. A
-    splits.update(zip(missing, carved))
+    parts = carve(splits["train"], fraction, seed, parts=len(missing))  # [what is left, carved...]
+    for name, part in zip(["train"] + missing, parts):
+        splits[name] = part
     return {name: splits[name] for name in ("train", "validation", "test")}
 
 def make_dataset(x, y, image_size, batch_size=PREDICT_BATCH, shuffle_seed=None):
@@ -135,7 +144,7 @@ def make_dataset(x, y, image_size, batch_size=PREDICT_BATCH, shuffle_seed=None):
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:  # a new order every epoch, to train on the images (lesson 8)
         dataset = dataset.shuffle(len(y), seed=shuffle_seed)
-    dataset = dataset.map(read_if_photos(x, image_size),  # photos: from their files (appendix C)
+    dataset = dataset.map(read_if_photos(x, image_size),  # photos from files; CIFAR's pixels as is
                           num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(lambda image, label: (scale_and_resize(image, image_size), label),
                           num_parallel_calls=tf.data.AUTOTUNE)  # AUTOTUNE: on as many cores
@@ -155,14 +164,14 @@ def show_data(train, classes, size, path):
     fig, axes = plt.subplots(rows, 4, figsize=(11, 2.8 * rows), squeeze=False, layout="constrained",
                              subplot_kw=dict(xticks=[], yticks=[]))
     for label in range(rows):
-        for k, i in enumerate(np.flatnonzero(train[1] == label)[:2]):
-            stored = stored_image(train[0][i], size)  # CIFAR's pixels, or a photo (appendix A)
+        for k, i in enumerate(np.flatnonzero(train.y == label)[:2]):
+            stored = stored_image(train.x[i], size)  # CIFAR's pixels, or a photo's
             received = scale_and_resize(stored, size).numpy()
             axes[label, 2 * k].imshow(stored, interpolation="nearest")  # every stored pixel shows
             axes[label, 2 * k].set_title(f"{classes[label]}: {stored.shape[1]}x{stored.shape[0]}")
             axes[label, 2 * k + 1].imshow(received)
             axes[label, 2 * k + 1].set_title(f"as the network gets it: {size}x{size}")
-    save_and_show(fig, path)  # and shown now in a notebook, at the end in a window (appendix A)
+    save_and_show(fig, path)  # shown now in a notebook, at the end in a window
     print(f"The base gets batches of shape {(PREDICT_BATCH, *received.shape)}: images, height, "
           f"width, colours; values from 0 (black) to 1 (white), here {received.max():.2f} at most.")
 
@@ -182,8 +191,7 @@ def build_model(module, image_size, num_classes, dropout):
     # Dropout hides random features at each training step, so that the head cannot lean on a few
     # of them: a guard against overfitting, memorising the training images instead of learning.
     drop = tf.keras.layers.Dropout(dropout, name="dropout")
-    # Dense gives each class a score, a weighted sum of the 1280 features; softmax turns the
-    # scores into probabilities that add up to 1.
+    # Dense scores each class by a weighted sum of the features; softmax makes scores probabilities.
     classify = tf.keras.layers.Dense(num_classes, activation="softmax", name="classifier")
     model = tf.keras.Model(images, classify(drop(features)), name="classifier_model")
     extractor = tf.keras.Model(images, features, name="feature_extractor")
@@ -200,7 +208,7 @@ def compute_features(extractor, datasets, splits):
     """{split: features}: each image through the frozen base once, one row of numbers per image."""
     features = {}
     for name, images in datasets.items():
-        progress = show_progress(name, len(splits[name][1]))  # prints images done (appendix A)
+        progress = show_progress(name, len(splits[name].y))  # prints how many images are done
         features[name] = extractor.predict(images, verbose=0, callbacks=[progress])
         print(f"{name:>10}: features of shape {features[name].shape}")
     print(f"Each image is now {features['train'].shape[1]} numbers, each telling how strongly a "
@@ -210,9 +218,9 @@ def compute_features(extractor, datasets, splits):
 # 4. Training the head -------------------------------------------------------------------------
 def train_head(head, features, splits, num_classes, s):
     """The head learns the classes from the features: s.epochs passes over them, shuffled."""
-    training = tf.data.Dataset.from_tensor_slices((features["train"], splits["train"][1]))
+    training = tf.data.Dataset.from_tensor_slices((features["train"], splits["train"].y))
     training = training.shuffle(len(features["train"]), seed=s.seed).batch(s.batch_size)
-    validation = (features["validation"], splits["validation"][1])
+    validation = (features["validation"], splits["validation"].y)
     compile_for_training(head, s.learning_rate)  # how the head learns, and its loss: below
     before = head.evaluate(*validation, verbose=0, return_dict=True)["accuracy"]
     print(f"Validation accuracy before training: {before:.3f} (chance: {1 / num_classes:.3f}).\n"
@@ -232,13 +240,12 @@ def fit_keeping_the_best_epoch(model, training, validation, epochs):
     grows surer of its right answers and, unlike accuracy, rarely ties); never the test loss, as
     test images stay unseen. ModelCheckpoint saves each epoch better than all before; we load it."""
     with tempfile.TemporaryDirectory() as folder:
-        best = os.path.join(folder, "best.weights.h5")
-        save_best = tf.keras.callbacks.ModelCheckpoint(best, monitor="val_loss",
+        best_file = os.path.join(folder, "best.weights.h5")
+        save_best = tf.keras.callbacks.ModelCheckpoint(best_file, monitor="val_loss",
                                                        save_best_only=True, save_weights_only=True)
-        # verbose: a progress bar on a terminal; a line per epoch in a log or a notebook
         history = model.fit(training, validation_data=validation, epochs=epochs,
                             callbacks=[save_best], verbose=1 if sys.stdout.isatty() else 2).history
-        model.load_weights(best)
+        model.load_weights(best_file)
     best = int(np.argmin(history["val_loss"]))  # argmin: where the lowest value is
     print(f"Kept epoch {best + 1}: training accuracy {history['accuracy'][best]:.3f}, validation "
           f"{history['val_accuracy'][best]:.3f}. Training far above validation would be "
@@ -247,10 +254,10 @@ def fit_keeping_the_best_epoch(model, training, validation, epochs):
                          val_accuracy=history["val_accuracy"][best])
 
 # 5. Evaluation --------------------------------------------------------------------------------
-def evaluate(model, inputs, test, classes):
-    """Accuracy and loss on the test images, per class, and which classes are taken for which."""
-    probabilities = model.predict(inputs, verbose=0)
-    labels, predicted = test[1], probabilities.argmax(axis=1)
+def evaluate(classifier, inputs, test, classes):
+    """The classifier's accuracy and loss on the test images, per class, and what it confuses."""
+    probabilities = classifier.predict(inputs, verbose=0)
+    labels, predicted = test.y, probabilities.argmax(axis=1)
     loss = float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(labels, probabilities)))
     accuracy = np.mean(predicted == labels)
     print(f"Test accuracy {accuracy:.4f} on {len(labels)} images, loss {loss:.4f}.")
@@ -268,10 +275,10 @@ def evaluate(model, inputs, test, classes):
 def plot_results(histories, evaluated, test_split, classes, image_size, run_dir):
     """history.png: loss and accuracy per epoch (validation falling behind training: overfitting);
     confusion_matrix.png; predictions.png: 16 test images. The drawing is in appendix A."""
-    plot_history(histories, os.path.join(run_dir, "history.png"))  # the head's; lesson 8's too
+    plot_history(histories, os.path.join(run_dir, "history.png"))  # the head's (and lesson 8's)
     plot_confusion_matrix(evaluated["confusion"], classes,
                           os.path.join(run_dir, "confusion_matrix.png"))
-    # examples (appendix A): 16 test images, right and wrong ones of every class, resized
+    # 16 test images, right and wrong ones of every class, resized as the network gets them
     images, labels, probabilities = examples(test_split, evaluated["probabilities"], 16, image_size)
     plot_predictions(images, labels, probabilities, classes,
                      os.path.join(run_dir, "predictions.png"))
@@ -279,38 +286,37 @@ def plot_results(histories, evaluated, test_split, classes, image_size, run_dir)
 # 7. Export ------------------------------------------------------------------------------------
 def export_model(model, classes, test_split, evaluated, image_size, run_dir):
     """model/: a SavedModel (TensorFlow's format for a model's functions and weights) whose serve()
-    takes photos as they come, scales and resizes them as training did, and returns a probability
-    per class in labels.txt's order. Lesson 10's --predict uses it; so can any Python program."""
+    takes photos as they come, resizes them as training did, and returns a probability per class,
+    in labels.txt's order; reloaded, it must give 8 test images the same. Lesson 10 uses it."""
     archive = tf.keras.export.ExportArchive()
     archive.track(model)  # the archive saves the weights of what it tracks
     # An endpoint is a function the saved model offers; a TensorSpec, the shape and type it takes.
     photos = tf.TensorSpec([None, None, None, 3], tf.uint8)  # any number, any size, RGB 0-255
     archive.add_endpoint("serve", lambda images: model(scale_and_resize(images, image_size)),
                          [photos])
-    write_quietly(archive, os.path.join(run_dir, "model"))  # write_out, without its log (app. A)
+    write_quietly(archive, os.path.join(run_dir, "model"))  # write_out(), without its long log
     with open(os.path.join(run_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(name + "\n" for name in classes))
-    # check_export (appendix A): does model/, reloaded, give 8 test images the same probabilities?
     return check_export(run_dir, test_split, evaluated["probabilities"], image_size)
 
-# == The lesson, steps 1 to 7, ends here. Extra lessons 8-11 follow (9 and 11 run every time). ==
+# == The lesson, steps 1-7, ends here. Lessons 8-11 go further: 9 and 11 every run, 8 and 10 if ==
+# == asked for (--fine-tune-epochs or --augment, --tflite or --predict). Then the appendix.     ==
 
 # 8. Training on the images themselves: fine-tuning and augmentation ---------------------------
-def train_on_images(model, history, evaluated, splits, datasets, classes, s, run_dir, results):
-    """The other half of transfer learning: training on the images themselves. With new variants
-    of each photo every epoch (augmentation), or a base that changes (fine-tuning), the base runs
-    on every image, every epoch. Fine-tuning unfreezes the base: at each batch Keras computes the
-    gradients (how much the loss would change as each weight changes), and the optimizer moves
-    every weight a little against its gradient, at a rate far below the head's, so that a few
-    images cannot overwrite what ImageNet taught. If the head alone did better, it comes back."""
+def train_on_images(model, history, head_alone, evaluated, splits, datasets, classes, s, run_dir):
+    """The other half of transfer learning: training on the images themselves, so the base runs on
+    every image in every epoch: minutes, not seconds. --augment shows new variants of each photo
+    every epoch (the base stays frozen); --fine-tune-epochs unfreezes the base too, so that the
+    gradients (how the loss changes as each weight changes) move all its weights a little, at a
+    rate far below the head's: a few thousand images must not overwrite what ImageNet taught. If
+    the head alone did better on the validation images, its weights come back. Returns the model
+    kept, its test results, and what this lesson measured, with head_alone: the head's numbers."""
     step("8. Fine-tuning" if s.fine_tune_epochs else "8. Training on augmented images")
     weights_before = [(weight, weight.numpy()) for weight in model.weights]  # to give back
-    head_alone = {key: results[key] for key in ("kept_epoch", "train_accuracy", "val_accuracy",
-                                                "test_accuracy", "test_loss")}
     # Gradients need each layer's outputs for every image of a batch: 64 images took 6 GB; 16, 3 GB.
     batch_size = min(16, s.batch_size) if s.fine_tune_epochs else s.batch_size
-    x, y, _ = splits["train"]
-    images = make_dataset(x, y, s.image_size, batch_size, shuffle_seed=s.seed)
+    images = make_dataset(splits["train"].x, splits["train"].y, s.image_size, batch_size,
+                          shuffle_seed=s.seed)
     if s.augment:  # new variants of every photo in every epoch: flipped, turned, zoomed
         augment = tf.keras.Sequential([tf.keras.layers.RandomFlip("horizontal"),
                                        tf.keras.layers.RandomRotation(0.05),
@@ -323,31 +329,32 @@ def train_on_images(model, history, evaluated, splits, datasets, classes, s, run
     compile_for_training(model, learning_rate)
     image_history, best = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
     better = min(image_history["val_loss"]) < min(history["val_loss"])
-    results["fine_tuning_kept" if s.fine_tune_epochs else "augmented_training_kept"] = better
+    kept = {"fine_tuning_kept" if s.fine_tune_epochs else "augmented_training_kept": better}
     if not better:
-        for weight, value in weights_before:
+        for weight, value in weights_before:  # the same variables: unfreeze() shares the layers
             weight.assign(value)
         print("The head alone did better on the validation images: its weights come back. The "
               "head-only model is saved.")
-        return model, evaluated
+        return model, evaluated, kept
     step("8. Evaluation, plots and export again")  # steps 5 to 7 for the model trained on images
     evaluated, measured = evaluate(model, datasets["test"], splits["test"], classes)
     print(f"Test accuracy: {head_alone['test_accuracy']:.4f} with the head alone, "
           f"{measured['test_accuracy']:.4f} after training on the images. The "
           f"{'fine-tuned' if s.fine_tune_epochs else 'newly trained'} model is saved.")
-    results.update(measured, **best, head_alone=head_alone)
     plot_results([history, image_history], evaluated, splits["test"], classes, s.image_size,
                  run_dir)
-    results["export_check"] = export_model(model, classes, splits["test"], evaluated,
-                                           s.image_size, run_dir)
-    return model, evaluated
+    export_check = export_model(model, classes, splits["test"], evaluated, s.image_size, run_dir)
+    return model, evaluated, dict(kept, **measured, **best, head_alone=head_alone,
+                                  export_check=export_check)
 
 def fine_tuning_rate(s, batch_size, steps_per_epoch):
-    """Smaller batches, noisier gradients, smaller steps: the peak rate times sqrt(16 / 64) = 0.5
-    (an average of n gradients is 1 / sqrt(n) as noisy). It climbs from 0 to that peak over a tenth
-    of the steps (batches), then falls to 0 along a cosine: at full rate from the first step, the
+    """Fine-tuning's rate, batch by batch. Smaller batches give noisier gradients, so smaller steps:
+    the peak is --fine-tune-learning-rate times sqrt(16 / 64), that is halved (an average of n
+    gradients is 1 / sqrt(n) as noisy). The rate climbs from 0 to the peak over the first tenth of
+    the batches, then falls back to 0 along a cosine curve; starting at the peak, the fine-tuned
     model fell below the frozen one (we tried)."""
     peak = s.fine_tune_learning_rate * (batch_size / s.batch_size) ** 0.5
+    print(f"Fine-tuning in batches of {batch_size} images; the rate peaks at {peak:.2g}.")
     steps = s.fine_tune_epochs * steps_per_epoch
     return tf.keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=peak, warmup_steps=steps // 10,
@@ -369,7 +376,7 @@ def read_the_results(model, evaluated, split, classes, image_size, run_dir):
     """How far off is the accuracy? Which images are wrong, how sure? Where is it looking?"""
     step("9. Reading the results")
     probabilities = evaluated["probabilities"]
-    low, high = accuracy_interval(probabilities.argmax(axis=1), split[1])
+    low, high = accuracy_interval(probabilities.argmax(axis=1), split.y)
     print(f"On other test images the accuracy would likely be between {low:.3f} and {high:.3f} "
           "(a 95% interval). To compare two models, test both on the same images and look at those "
           "only one of them gets right: the better should win clearly more than half of these.")
@@ -484,7 +491,7 @@ def print_what_to_try_next(s, output_dir):
       Classifies new photos with this run's model.""")
 
 # ==============================================================================================
-# THE TUTORIAL ENDS HERE. Below, the appendix: machinery that makes the script a robust tool, not
+# THE LESSONS END HERE. Below, the appendix: machinery that makes the script a robust tool, not
 # needed to learn. A. The lesson's helpers. B. Speed-ups. C. Your own photos. D. main() and more.
 # ==============================================================================================
 
@@ -494,7 +501,7 @@ def device():
     return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"  # TensorFlow picks a GPU
 
 def subset(split, indices):
-    return split[0][indices], split[1][indices], split[2][indices]  # x, y and names
+    return Split(split.x[indices], split.y[indices], split.names[indices])
 
 def stored_image(x, image_size):
     return read_photo(x, image_size) if isinstance(x, str) else x  # CIFAR's pixels, or a photo
@@ -514,7 +521,7 @@ def download_cifar10():
 def carve(split, fraction, seed, parts=1):
     """[rest, part 1, ...]: each part gets the fraction of each class (at least one image), at
     random: "stratified", every class keeps its share. The same seed carves the same images."""
-    labels, rng = split[1], np.random.default_rng(seed)
+    labels, rng = split.y, np.random.default_rng(seed)
     part = np.zeros(len(labels), dtype=int)  # 0: the rest; 1, 2, ...: carved into that part
     for label in np.unique(labels):
         of_class = rng.permutation(np.flatnonzero(labels == label))  # this class's, shuffled
@@ -525,12 +532,12 @@ def carve(split, fraction, seed, parts=1):
 
 def sample(splits, max_images, seed):
     """--max-images N: about N images of each split, each class keeping its share."""
-    classes = len(np.unique(splits["train"][1]))
+    classes = len(np.unique(splits["train"].y))
     if max_images is not None and max_images < classes:
         fail(f"--max-images {max_images} is fewer than the {classes} classes: give {classes}+")
     for name, split in splits.items():
-        if max_images and len(split[1]) > max_images:
-            _, splits[name] = carve(split, max_images / len(split[1]), seed)  # keep the carved
+        if max_images and len(split.y) > max_images:
+            _, splits[name] = carve(split, max_images / len(split.y), seed)  # keep the carved
     return splits
 
 def count_images(splits, classes):
@@ -538,7 +545,7 @@ def count_images(splits, classes):
     for name, (_, y, _) in splits.items():
         per_class = [f"{np.sum(y == label)} {c}" for label, c in enumerate(classes)]
         print(f"{name:>10}: {len(y):5d} images ({', '.join(per_class)})")
-    return {f"num_{name}": len(split[1]) for name, split in splits.items()}
+    return {f"num_{name}": len(split.y) for name, split in splits.items()}
 
 def load_module(handle, image_size):
     """hub.load(handle), or one line saying why the module cannot be used."""
@@ -609,7 +616,7 @@ def plot_confusion_matrix(confusion, classes, path):
 
 def examples(split, probabilities, count, image_size):
     """Up to count test images, resized as the network gets them, their labels and probabilities."""
-    picks = pick_examples(split[1], probabilities.argmax(axis=1), count)
+    picks = pick_examples(split.y, probabilities.argmax(axis=1), count)
     x, labels, _ = subset(split, picks)
     images = next(iter(make_dataset(x, labels, image_size, batch_size=count)))[0].numpy()
     return images, labels, probabilities[picks]
@@ -646,8 +653,8 @@ def write_quietly(archive, folder):
 
 def check_export(run_dir, test, probabilities, image_size):
     """Reload model/ and classify the first test images with it, as stored, as --predict does."""
-    reloaded, count = tf.saved_model.load(os.path.join(run_dir, "model")), min(8, len(test[1]))
-    again = np.array([reloaded.serve(stored_image(test[0][i], image_size)[None]).numpy()[0]
+    reloaded, count = tf.saved_model.load(os.path.join(run_dir, "model")), min(8, len(test.y))
+    again = np.array([reloaded.serve(stored_image(test.x[i], image_size)[None]).numpy()[0]
                       for i in range(count)])  # one by one: photos come in all sizes
     same = int(np.sum(again.argmax(axis=1) == probabilities[:count].argmax(axis=1)))
     largest = float(np.abs(again - probabilities[:count]).max())
@@ -678,23 +685,11 @@ def show_progress(name, count):
 # B. Speed-ups: features kept on disk, and LiteRT for the feature pass on a CPU -----------------
 # The same numbers as step 3, sooner: kept in a file named by a hash of the module, the image size
 # and the images (a photo's path, size and time), the 20 used last; LiteRT's equal Keras' to 2e-5.
-def with_speed_ups(extractor, datasets, splits, s, results):
-    """A stand-in extractor: an earlier run's features, or computed (LiteRT on a CPU) and kept."""
-    path = feature_file(splits, s)
-    kept = read_kept_features(path, extractor, splits["train"], s.image_size)
-    runtime = None if kept is not None else choose_runtime(s, splits)
-    results.update(features_file=path, features_from_cache=kept is not None, features_with=runtime)
-    computer = litert_extractor(extractor) if runtime == "litert" else extractor
-    split_of, computed = {id(images): name for name, images in datasets.items()}, {}
-    def predict(images, verbose=0, callbacks=()):
-        name = split_of[id(images)]  # compute_features asks for one split's dataset at a time
-        if kept is not None:
-            return kept[name]
-        computed[name] = computer.predict(images, verbose=verbose, callbacks=callbacks)
-        if len(computed) == len(datasets):
-            keep_features(path, computed)
-        return computed[name]
-    return types.SimpleNamespace(predict=predict)
+def features_source(splits, s, kept):
+    """For metrics.json: the features' file, and whether they were read back or computed, how."""
+    runtime = "litert" if choose_runtime(s, splits) == "litert" and LiteRT else "keras"
+    return dict(features_file=feature_file(splits, s), features_from_cache=kept,
+                features_with=None if kept else runtime)
 
 try:  # LiteRT, TensorFlow's runtime for phones, has no wheels for some platforms
     from ai_edge_litert.interpreter import Interpreter as LiteRT
@@ -710,16 +705,22 @@ def litert_interpreter(tflite):  # without its "INFO: Created ... delegate" line
 
 def choose_runtime(s, splits):
     """--features-with, where auto is litert on a CPU with enough images to repay converting."""
-    runtime, count = s.features_with, sum(len(y) for _, y, _ in splits.values())
+    runtime, count = s.features_with, sum(len(split.y) for split in splits.values())
     if runtime == "auto":
         runtime = "litert" if device() == "CPU" and count >= 1000 else "keras"
-    if runtime == "litert" and LiteRT is None:
-        print("warning: LiteRT is not installed (pip install ai-edge-litert); computing the "
-              "features with Keras", file=sys.stderr)
-        runtime = "keras"
     return runtime
 
-def litert_extractor(extractor):  # a stand-in whose predict() runs the extractor in LiteRT
+def litert_if_faster(extractor, splits, s):
+    """The extractor, or a copy of it that runs in LiteRT: on a CPU, the same numbers sooner."""
+    if choose_runtime(s, splits) != "litert":
+        return extractor
+    if LiteRT is None:
+        print("warning: LiteRT is not installed (pip install ai-edge-litert); computing the "
+              "features with Keras", file=sys.stderr)
+        return extractor
+    return litert_extractor(extractor)
+
+def litert_extractor(extractor):  # a copy of the extractor whose predict() runs it in LiteRT
     spec = tf.TensorSpec(extractor.input_shape, tf.float32)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [tf.function(extractor).get_concrete_function(spec)], extractor)
@@ -749,15 +750,16 @@ def feature_file(splits, s):  # None with --no-cache
     files = []  # a local module's files: it may be rebuilt in place
     for folder, _, names in sorted(os.walk(s.model_handle)):
         files += [os.path.join(folder, name) for name in sorted(names)]
-    for x, _, _ in splits.values():
+    for x in (split.x for split in splits.values()):
         key.update(np.ascontiguousarray(x).tobytes() if not isinstance(x[0], str) else b"")
         for path in files + (list(x) if isinstance(x[0], str) else []):
             key.update(f"{path} {os.path.getsize(path)} {os.stat(path).st_mtime_ns}".encode())
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "transfer_learning", key.hexdigest() + ".npz")
 
-def read_kept_features(path, extractor, train, image_size):
+def read_kept_features(extractor, splits, s):
     """An earlier run's features, if the code still computes the first 8 the same; or None."""
+    path = feature_file(splits, s)
     if path is None or not os.path.exists(path):
         return None
     try:
@@ -767,18 +769,21 @@ def read_kept_features(path, extractor, train, image_size):
         print(f"warning: cannot read the features kept in {path} ({type(e).__name__}); "
               "computing them again", file=sys.stderr)
         return None
-    x, y, _ = subset(train, slice(0, 8))
-    fresh = extractor.predict(make_dataset(x, y, image_size), verbose=0)
+    first = subset(splits["train"], slice(0, 8))
+    fresh = extractor.predict(make_dataset(first.x, first.y, s.image_size), verbose=0)
     if not np.allclose(fresh, features["train"][:8], rtol=1e-2, atol=1e-3):
         print(f"The features kept in {path} differ from what the code computes now (edited?): "
               "computing them afresh.")
         return None
     os.utime(path)  # used: kept longer
     print(f"Features read from {path}, computed by an earlier run on the same images.")
+    for name in features:
+        print(f"{name:>10}: features of shape {features[name].shape}")
     return features
 
-def keep_features(path, features):
+def keep_features(features, splits, s):
     """Write, then rename: a run killed while writing leaves no half file under the real name."""
+    path = feature_file(splits, s)
     if path is None:
         return
     try:
@@ -833,8 +838,9 @@ def is_plain_jpeg(path, image_size):
     photo = check_photo(path)
     return photo.plain_jpeg and photo.smaller_side < 2 * image_size
 
-def load_photos(s, results):
-    """Your photos' paths and labels, from class folders or labels.csv; unreadable files out."""
+def load_photos(s):
+    """Your photos' splits and classes, from class folders or labels.csv, and the unreadable files
+    left out."""
     if not os.path.isdir(s.data_dir):
         fail(f"--data-dir {s.data_dir} is not a folder; give a folder with a sub-folder per class")
     folders = {}  # {split: folder}, with split folders
@@ -847,26 +853,26 @@ def load_photos(s, results):
         splits = {split: list_files(folder, classes) for split, folder in folders.items()}
     skipped = []
     check_photo.cache_clear()  # the photos may have changed since an earlier run in this Python
-    for split, (x, _, _) in splits.items():
-        readable = np.array([check_photo(path) is not None for path in x], dtype=bool)
-        splits[split] = subset(splits[split], readable)
-        skipped += [os.fsencode(path).decode(errors="backslashreplace") for path in x[~readable]]
+    for name, split in splits.items():
+        readable = np.array([check_photo(path) is not None for path in split.x], dtype=bool)
+        splits[name] = subset(split, readable)
+        skipped += [os.fsencode(path).decode(errors="backslashreplace")
+                    for path in split.x[~readable]]
     for split in ("validation", "test"):
-        if split in folders and len(splits[split][1]) == 0:
+        if split in folders and len(splits[split].y) == 0:
             fail(f"{folders[split]} has no readable images; add some or remove the folder")
     check_classes_can_be_split(splits, classes, s)
     if skipped:
         print(f"warning: skipped {len(skipped)} file(s) that are not images it can read (or over "
               f"{MAX_PIXELS // 10**6} megapixels): {', '.join(skipped[:5])}"
               f"{', ...' if len(skipped) > 5 else ''} (all in metrics.json)", file=sys.stderr)
-    results["skipped_files"] = skipped
-    return splits, classes
+    return splits, classes, skipped
 
 def check_classes_can_be_split(splits, classes, s):
     """Each class must keep readable training images after each missing split takes its share."""
     carved = len([name for name in ("validation", "test") if name not in splits])
     for label, name in enumerate(classes):
-        count = int(np.sum(splits["train"][1] == label))
+        count = int(np.sum(splits["train"].y == label))
         if count - carved * max(1, round(count * s.validation_split)) < 1:
             fail(f"class {name} has {count} readable image(s) in {s.data_dir}, too few to keep any "
                  "for training; add images, or lower --validation-split")
@@ -906,7 +912,7 @@ def list_files(folder, classes):
             fail(f"class folder {class_dir} has no images; add some or remove the class")
         paths += [os.path.join(class_dir, f) for f in files]
         labels += [label] * len(files)
-    return np.array(paths), np.array(labels, dtype=np.int64), np.array(paths)
+    return Split(np.array(paths), np.array(labels, dtype=np.int64), np.array(paths))
 
 def read_labels_csv(data_dir):
     """Kaggle's layout: photos in DIR/train/ (or DIR/); DIR/labels.csv, a header row or not, then a
@@ -945,7 +951,7 @@ def read_labels_csv(data_dir):
     check_classes(labels_csv, classes)
     paths = np.array(list(found))
     labels = np.array([classes.index(name) for name in found.values()], dtype=np.int64)
-    return {"train": (paths, labels, paths)}, classes
+    return {"train": Split(paths, labels, paths)}, classes
 
 @functools.cache  # one read of each file, whoever asks
 def check_photo(path):
@@ -972,8 +978,8 @@ def check_photo(path):
 
 def find_copies_across_splits(splits):
     """Copies of training photos among the validation or test photos flatter the accuracy."""
-    training = {check_photo(path).fingerprint: path for path in splits["train"][0]}
-    others = np.concatenate([splits["validation"][0], splits["test"][0]])
+    training = {check_photo(path).fingerprint: path for path in splits["train"].x}
+    others = np.concatenate([splits["validation"].x, splits["test"].x])
     copies = [f"{path} = {training[check_photo(path).fingerprint]}" for path in others
               if check_photo(path).fingerprint in training]
     if copies:

@@ -242,7 +242,10 @@ def load_data(tl, s, results=None):
     """Step 1 of the script's run_lesson, as it runs there: (splits, classes); results, if given,
     gets what it records. The tests use it too (conftest.py), so it cannot drift from the script."""
     results = {} if results is None else results
-    splits, classes = tl.load_photos(s, results) if s.data_dir else tl.load_cifar10_cats_and_dogs()
+    if s.data_dir:
+        splits, classes, results["skipped_files"] = tl.load_photos(s)
+    else:
+        splits, classes = tl.load_cifar10_cats_and_dogs()
     splits = tl.carve_missing_splits(splits, s.validation_split, s.seed)
     splits = tl.sample(splits, s.max_images, s.seed)
     results.update(classes=classes, **tl.count_images(splits, classes))

@@ -123,7 +123,7 @@ def test_data_plot_shows_each_class_as_stored_and_as_received(cifar, tmp_path):
 
 def test_carve_is_stratified_disjoint_complete_and_the_same_for_a_seed():
     labels = np.repeat([2, 0, 1], [6000, 10, 3990])
-    split = (np.arange(len(labels)) * 10, labels, np.arange(len(labels)).astype(str))
+    split = tl.Split(np.arange(len(labels)) * 10, labels, np.arange(len(labels)).astype(str))
     rest, carved = tl.carve(split, 0.1, seed=3)
     assert np.bincount(carved[1]).tolist() == [1, 399, 600]
     assert np.bincount(rest[1]).tolist() == [9, 3591, 5400]

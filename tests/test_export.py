@@ -77,7 +77,7 @@ def test_an_export_that_differs_is_reported_and_the_files_kept(module32, tmp_pat
     x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
     probabilities = model.predict(tl.scale_and_resize(x, 32), verbose=0)
     shifted = probabilities + np.array([0.2, -0.2], np.float32)  # as if from another device
-    test = (x, np.zeros(6, int), np.array(list("abcdef")))
+    test = tl.Split(x, np.zeros(6, int), np.array(list("abcdef")))
     check = tl.export_model(model, ["a", "b"], test, {"probabilities": shifted}, 32, str(tmp_path))
     assert check["passed"] is False and check["images"] == 6
     assert check["largest_difference"] == pytest.approx(0.2, abs=1e-3)

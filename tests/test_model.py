@@ -20,7 +20,7 @@ def colour_split(n, seed):
     y = rng.integers(0, 3, n)
     x = rng.integers(0, 120, (n, 32, 32, 3))
     x[np.arange(n), :, :, y] += 135
-    return x.astype(np.uint8), y, np.array([f"image {i}" for i in range(n)])
+    return tl.Split(x.astype(np.uint8), y, np.array([f"image {i}" for i in range(n)]))
 
 
 def build(module, classes=3, dropout=0.2):
@@ -94,7 +94,7 @@ def test_the_kept_epoch_has_the_lowest_validation_loss(module32):
     tf.keras.utils.set_random_seed(0)
     _, extractor, head = build(module32, dropout=0.0)
     train, val = colour_split(120, 0), colour_split(60, 1)
-    val = (val[0], (val[1] + 1) % 3, val[2])
+    val = tl.Split(val.x, (val.y + 1) % 3, val.names)
     features = {name: extractor.predict(x.astype(np.float32) / 255, verbose=0)
                 for name, (x, _, _) in (("train", train), ("validation", val))}
     s = tl.parse_args(["--epochs", "8", "--learning-rate", "0.05", "--batch-size", "16"])
@@ -116,7 +116,8 @@ def test_accuracy_before_training_is_measured_on_the_validation_images(module32)
     features = np.random.default_rng(0).normal(size=(31, head.input_shape[1])).astype(np.float32)
     predicted = head.predict(features, verbose=0).argmax(axis=1)
     names = np.arange(31).astype(str)
-    splits = {"train": (None, 1 - predicted, names), "validation": (None, predicted, names)}
+    splits = {"train": tl.Split(None, 1 - predicted, names),
+              "validation": tl.Split(None, predicted, names)}
     _, measured = tl.train_head(head, {"train": features, "validation": features}, splits, 2,
                                 tl.parse_args(["--epochs", "1"]))
     assert measured["accuracy_before_training"] == 1.0  # on training it would be 0.0
@@ -158,7 +159,7 @@ def test_test_loss_is_the_cross_entropy_of_the_true_class(tmp_path):
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32)
     labels = np.array([0, 1, 1, 0])
     model = tf.keras.Sequential([tf.keras.layers.Lambda(lambda x: x)])
-    test, measured = tl.evaluate(model, probabilities, (np.zeros(4), labels, np.array(list("abcd"))),
+    test, measured = tl.evaluate(model, probabilities, tl.Split(np.zeros(4), labels, np.array(list("abcd"))),
                                  ["x", "y"])
     expected = -np.mean(np.log([0.9, 0.8, 0.4, 0.3]))
     assert measured["test_loss"] == pytest.approx(expected, rel=1e-5)
@@ -256,7 +257,7 @@ def test_litert_features_equal_keras_features(module32):
 ])
 def test_auto_uses_litert_only_on_a_cpu_with_enough_images(images, device, chosen, monkeypatch):
     monkeypatch.setattr(tl, "device", lambda: device)
-    splits = {"train": (None, np.zeros(images), None)}
+    splits = {"train": tl.Split(None, np.zeros(images), None)}
     for wanted, expected in (("auto", chosen), ("keras", "keras"), ("litert", "litert")):
         s = tl.parse_args(["--features-with", wanted])
         assert tl.choose_runtime(s, splits) == expected
