@@ -16,7 +16,7 @@ import shutil, signal, sys, tempfile, time, traceback, types
 # Set before TensorFlow loads; nothing to learn here. TF Hub's layers need Keras 2, not Keras 3.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's loading messages: errors only
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # LiteRT's feature pass: 20% faster
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # a 20% faster CPU pass (appendix B)
 REAL_STDERR, QUIET = os.dup(2), os.open(os.devnull, os.O_WRONLY)  # QUIET: output sent nowhere
 if "ipykernel" in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
     os.dup2(QUIET, 2)  # a notebook shows even what TensorFlow's C++ code prints while loading
@@ -74,7 +74,7 @@ def run_lesson(s, run_dir, results):
         splits, classes = load_cifar10_cats_and_dogs()
     splits = carve_missing_splits(splits, s.validation_split, s.seed)
     splits = sample(splits, s.max_images, s.seed)  # --max-images: a quick look (appendix A)
-    results.update(classes=classes, **count_images(splits, classes))  # prints them per class
+    results.update(classes=classes, **count_images(splits, classes))  # prints, returns num_train..
     if s.data_dir:  # copies of training photos among the test photos flatter it (appendix C)
         results["copies_across_splits"] = find_copies_across_splits(splits)
     datasets = {}  # tf.data pipelines that read and resize each split's images as needed
@@ -85,28 +85,25 @@ def run_lesson(s, run_dir, results):
     module = load_module(s.model_handle, s.image_size)  # hub.load(), with clear errors
     model, extractor, head = build_model(module, s.image_size, len(classes), s.dropout)
     step("3. Bottleneck features")  # the 1280 numbers the frozen base boils each image down to
-    features = read_kept_features(extractor, splits, s)  # an earlier run's (appendix B), or None
-    results.update(features_source(splits, s, kept=features is not None))  # for metrics.json
-    if features is None:  # none kept: each image goes through the frozen base, once
-        features = compute_features(litert_if_faster(extractor, splits, s), datasets, splits)
-        keep_features(features, splits, s)  # for the next run on these images (appendix B)
+    # A stand-in extractor hands back the features an earlier run kept of these images, or runs
+    # the base in LiteRT on a CPU: the same numbers, sooner (appendix B). The lesson is the same.
+    extractor = with_speed_ups(extractor, datasets, splits, s, results)
+    features = compute_features(extractor, datasets, splits)
     step("4. Training the head")
-    history, trained = train_head(head, features, splits, len(classes), s)
-    results.update(trained)
+    history, measured = train_head(head, features, splits, len(classes), s)
+    results.update(measured)
     step("5. Evaluation")
-    evaluated, tested = evaluate(head, features["test"], splits["test"], classes)
-    results.update(tested)
+    evaluated, measured = evaluate(head, features["test"], splits["test"], classes)
+    results.update(measured)
     step("6. Plots")
     plot_results([history], evaluated, splits["test"], classes, s.image_size, run_dir)
     step("7. Export")
     results["export_check"] = export_model(model, classes, splits["test"], evaluated, s.image_size,
                                            run_dir)
-    # The lesson ends here; lessons 8 and 10 run if asked for, 9 and 11 every time.
+    # After the lesson: 8 and 10 when asked for; every run reads its results (9), and what next (11)
     if s.fine_tune_epochs or s.augment:
-        model, evaluated, measured = train_on_images(model, history, dict(trained, **tested),
-                                                     evaluated, splits, datasets, classes, s,
-                                                     run_dir)
-        results.update(measured)
+        model, evaluated = train_on_images(model, history, evaluated, splits, datasets, classes,
+                                           s, run_dir, results)
     results.update(read_the_results(model, evaluated, splits["test"], classes, s.image_size,
                                     run_dir))
     if s.tflite:
@@ -115,10 +112,8 @@ def run_lesson(s, run_dir, results):
 
 # 1. Data --------------------------------------------------------------------------------------
 # Three splits: training images teach the head; validation images pick the best epoch (one pass
-# over all training images); test images, unseen until step 5, say how it does on new photos. Each
-# split holds x, its images (CIFAR's pixels or your photos' files), y, their classes (cat 0, dog 1),
-# and names, for the results.
-Split = collections.namedtuple("Split", ["x", "y", "names"])
+# over all training images); test images, unseen until step 5, say how it does on new photos.
+Split = collections.namedtuple("Split", "x y names")  # images (pixels or files), classes, names
 
 def load_cifar10_cats_and_dogs():
     """CIFAR-10's 32x32 photos of cats and dogs: 10000 for training, 2000 for testing."""
@@ -127,7 +122,7 @@ def load_cifar10_cats_and_dogs():
         y = y.flatten()  # Keras gives the labels as a column: [[3], [5], ...]
         keep = np.flatnonzero((y == 3) | (y == 5))  # CIFAR-10's class numbers for cat and dog
         names = np.array([f"CIFAR-10 {name} image {i}" for i in keep])
-        splits[name] = Split(x[keep], (y[keep] == 5).astype(np.int64), names)
+        splits[name] = Split(x[keep], (y[keep] == 5).astype(np.int64), names)  # cat 0, dog 1
     return splits, ["cat", "dog"]
 
 def carve_missing_splits(splits, fraction, seed):
@@ -288,31 +283,27 @@ def export_model(model, classes, test_split, evaluated, image_size, run_dir):
     """model/: a SavedModel (TensorFlow's format for a model's functions and weights) whose serve()
     takes photos as they come, resizes them as training did, and returns a probability per class,
     in labels.txt's order; reloaded, it must give 8 test images the same. Lesson 10 uses it."""
-    archive = tf.keras.export.ExportArchive()
-    archive.track(model)  # the archive saves the weights of what it tracks
-    # An endpoint is a function the saved model offers; a TensorSpec, the shape and type it takes.
-    photos = tf.TensorSpec([None, None, None, 3], tf.uint8)  # any number, any size, RGB 0-255
-    archive.add_endpoint("serve", lambda images: model(scale_and_resize(images, image_size)),
-                         [photos])
-    write_quietly(archive, os.path.join(run_dir, "model"))  # write_out(), without its long log
+    def serve(photos):  # photos as they come: any number, any size, RGB 0-255
+        return model(scale_and_resize(photos, image_size))
+    save_with_serve(model, serve, os.path.join(run_dir, "model"))  # Keras' ExportArchive, app. A
     with open(os.path.join(run_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(name + "\n" for name in classes))
     return check_export(run_dir, test_split, evaluated["probabilities"], image_size)
 
-# == The lesson, steps 1-7, ends here. Lessons 8-11 go further: 9 and 11 every run, 8 and 10 if ==
-# == asked for (--fine-tune-epochs or --augment, --tflite or --predict). Then the appendix.     ==
+# == The lesson, steps 1-7, ends here. After it: 8 and 10 when asked for; 9 and 11 every run. ==
 
 # 8. Training on the images themselves: fine-tuning and augmentation ---------------------------
-def train_on_images(model, history, head_alone, evaluated, splits, datasets, classes, s, run_dir):
+def train_on_images(model, history, evaluated, splits, datasets, classes, s, run_dir, results):
     """The other half of transfer learning: training on the images themselves, so the base runs on
     every image in every epoch: minutes, not seconds. --augment shows new variants of each photo
     every epoch (the base stays frozen); --fine-tune-epochs unfreezes the base too, so that the
     gradients (how the loss changes as each weight changes) move all its weights a little, at a
     rate far below the head's: a few thousand images must not overwrite what ImageNet taught. If
-    the head alone did better on the validation images, its weights come back. Returns the model
-    kept, its test results, and what this lesson measured, with head_alone: the head's numbers."""
+    the head alone did better on the validation images, its weights come back."""
     step("8. Fine-tuning" if s.fine_tune_epochs else "8. Training on augmented images")
     weights_before = [(weight, weight.numpy()) for weight in model.weights]  # to give back
+    head_alone = {key: results[key] for key in ("kept_epoch", "train_accuracy", "val_accuracy",
+                                                "test_accuracy", "test_loss")}
     # Gradients need each layer's outputs for every image of a batch: 64 images took 6 GB; 16, 3 GB.
     batch_size = min(16, s.batch_size) if s.fine_tune_epochs else s.batch_size
     images = make_dataset(splits["train"].x, splits["train"].y, s.image_size, batch_size,
@@ -329,13 +320,13 @@ def train_on_images(model, history, head_alone, evaluated, splits, datasets, cla
     compile_for_training(model, learning_rate)
     image_history, best = fit_keeping_the_best_epoch(model, images, datasets["validation"], epochs)
     better = min(image_history["val_loss"]) < min(history["val_loss"])
-    kept = {"fine_tuning_kept" if s.fine_tune_epochs else "augmented_training_kept": better}
+    results["fine_tuning_kept" if s.fine_tune_epochs else "augmented_training_kept"] = better
     if not better:
         for weight, value in weights_before:  # the same variables: unfreeze() shares the layers
             weight.assign(value)
         print("The head alone did better on the validation images: its weights come back. The "
               "head-only model is saved.")
-        return model, evaluated, kept
+        return model, evaluated
     step("8. Evaluation, plots and export again")  # steps 5 to 7 for the model trained on images
     evaluated, measured = evaluate(model, datasets["test"], splits["test"], classes)
     print(f"Test accuracy: {head_alone['test_accuracy']:.4f} with the head alone, "
@@ -343,9 +334,10 @@ def train_on_images(model, history, head_alone, evaluated, splits, datasets, cla
           f"{'fine-tuned' if s.fine_tune_epochs else 'newly trained'} model is saved.")
     plot_results([history, image_history], evaluated, splits["test"], classes, s.image_size,
                  run_dir)
-    export_check = export_model(model, classes, splits["test"], evaluated, s.image_size, run_dir)
-    return model, evaluated, dict(kept, **measured, **best, head_alone=head_alone,
-                                  export_check=export_check)
+    results.update(measured, **best, head_alone=head_alone)
+    results["export_check"] = export_model(model, classes, splits["test"], evaluated,
+                                           s.image_size, run_dir)
+    return model, evaluated
 
 def fine_tuning_rate(s, batch_size, steps_per_epoch):
     """Fine-tuning's rate, batch by batch. Smaller batches give noisier gradients, so smaller steps:
@@ -447,8 +439,8 @@ def export_tflite(model, test_split, evaluated, image_size, run_dir):
     tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     with open(os.path.join(run_dir, "model.tflite"), "wb") as f:
         f.write(tflite)
-    run = litert_interpreter(tflite).get_signature_runner()  # the model as a function (app. B)
-    # examples (appendix A): 8 test images as the network gets them; "classifier": the last layer
+    # A signature runner: the model as a function, named inputs in, a dict of named outputs out.
+    run = litert_interpreter(tflite).get_signature_runner()  # LiteRT, quietly (appendix B)
     images, _, probabilities = examples(test_split, evaluated["probabilities"], 8, image_size)
     outputs = np.array([run(images=image[None])["classifier"][0] for image in images])
     same = outputs.argmax(axis=1) == probabilities.argmax(axis=1)
@@ -466,8 +458,9 @@ def predict_photos(paths, run_dir):
             status = 2
             continue
         p = model.serve(pixels[None]).numpy()[0]  # [None]: a batch of one photo
-        best = np.argsort(p)[::-1][:1 if len(classes) == 2 else 3]  # the likeliest 1 or 3
-        print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in best))
+        count = 1 if len(classes) == 2 else 3  # the likeliest class; of more classes, 3
+        likeliest = np.argsort(-p)[:count]  # -p: sorted from the most probable down
+        print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in likeliest))
     return status
 
 # 11. What to try next -------------------------------------------------------------------------
@@ -493,7 +486,6 @@ def print_what_to_try_next(s, output_dir):
 # ==============================================================================================
 # THE LESSONS END HERE. Below, the appendix: machinery that makes the script a robust tool, not
 # needed to learn. A. The lesson's helpers. B. Speed-ups. C. Your own photos. D. main() and more.
-# ==============================================================================================
 
 # A. The lesson's helpers: the device, checks with clear errors, plots, progress ----------------
 # Each helper here does what its name says, and stops bad input with one clear line (fail(), D).
@@ -643,9 +635,13 @@ def plot_predictions(images, labels, probabilities, classes, path=None):
         save_and_show(fig, path)
     return fig, axes
 
-def write_quietly(archive, folder):
-    """archive.write_out(folder), without Keras' list of every weight."""
-    tf.keras.utils.disable_interactive_logging()
+def save_with_serve(model, serve, folder):
+    """The model's weights and serve(), a function for photos, in a SavedModel in folder."""
+    archive = tf.keras.export.ExportArchive()
+    archive.track(model)  # the archive saves the weights of what it tracks
+    # An endpoint is a function the saved model offers; a TensorSpec, the shape and type it takes.
+    archive.add_endpoint("serve", serve, [tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    tf.keras.utils.disable_interactive_logging()  # without Keras' list of every weight
     try:
         archive.write_out(folder)
     finally:
@@ -685,11 +681,24 @@ def show_progress(name, count):
 # B. Speed-ups: features kept on disk, and LiteRT for the feature pass on a CPU -----------------
 # The same numbers as step 3, sooner: kept in a file named by a hash of the module, the image size
 # and the images (a photo's path, size and time), the 20 used last; LiteRT's equal Keras' to 2e-5.
-def features_source(splits, s, kept):
-    """For metrics.json: the features' file, and whether they were read back or computed, how."""
-    runtime = "litert" if choose_runtime(s, splits) == "litert" and LiteRT else "keras"
-    return dict(features_file=feature_file(splits, s), features_from_cache=kept,
-                features_with=None if kept else runtime)
+def with_speed_ups(extractor, datasets, splits, s, results):
+    """A stand-in for the extractor: its predict(), given a split's images, returns the features
+    an earlier run kept of them, or computes them (LiteRT on a CPU), keeping all for next time."""
+    path = feature_file(splits, s)
+    kept = read_kept_features(path, extractor, splits["train"], s.image_size)
+    runtime = None if kept is not None else choose_runtime(s, splits)
+    results.update(features_file=path, features_from_cache=kept is not None, features_with=runtime)
+    computer = litert_extractor(extractor) if runtime == "litert" else extractor
+    computed = {}
+    def predict(images, verbose=0, callbacks=()):
+        name = next(name for name, dataset in datasets.items() if dataset is images)
+        if kept is not None:
+            return kept[name]
+        computed[name] = computer.predict(images, verbose=verbose, callbacks=callbacks)
+        if len(computed) == len(datasets):  # every split done: keep them for the next run
+            keep_features(path, computed)
+        return computed[name]
+    return types.SimpleNamespace(predict=predict)
 
 try:  # LiteRT, TensorFlow's runtime for phones, has no wheels for some platforms
     from ai_edge_litert.interpreter import Interpreter as LiteRT
@@ -708,17 +717,11 @@ def choose_runtime(s, splits):
     runtime, count = s.features_with, sum(len(split.y) for split in splits.values())
     if runtime == "auto":
         runtime = "litert" if device() == "CPU" and count >= 1000 else "keras"
-    return runtime
-
-def litert_if_faster(extractor, splits, s):
-    """The extractor, or a copy of it that runs in LiteRT: on a CPU, the same numbers sooner."""
-    if choose_runtime(s, splits) != "litert":
-        return extractor
-    if LiteRT is None:
+    if runtime == "litert" and LiteRT is None:
         print("warning: LiteRT is not installed (pip install ai-edge-litert); computing the "
               "features with Keras", file=sys.stderr)
-        return extractor
-    return litert_extractor(extractor)
+        runtime = "keras"
+    return runtime
 
 def litert_extractor(extractor):  # a copy of the extractor whose predict() runs it in LiteRT
     spec = tf.TensorSpec(extractor.input_shape, tf.float32)
@@ -757,9 +760,8 @@ def feature_file(splits, s):  # None with --no-cache
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "transfer_learning", key.hexdigest() + ".npz")
 
-def read_kept_features(extractor, splits, s):
+def read_kept_features(path, extractor, train, image_size):
     """An earlier run's features, if the code still computes the first 8 the same; or None."""
-    path = feature_file(splits, s)
     if path is None or not os.path.exists(path):
         return None
     try:
@@ -769,21 +771,18 @@ def read_kept_features(extractor, splits, s):
         print(f"warning: cannot read the features kept in {path} ({type(e).__name__}); "
               "computing them again", file=sys.stderr)
         return None
-    first = subset(splits["train"], slice(0, 8))
-    fresh = extractor.predict(make_dataset(first.x, first.y, s.image_size), verbose=0)
+    first = subset(train, slice(0, 8))
+    fresh = extractor.predict(make_dataset(first.x, first.y, image_size), verbose=0)
     if not np.allclose(fresh, features["train"][:8], rtol=1e-2, atol=1e-3):
         print(f"The features kept in {path} differ from what the code computes now (edited?): "
               "computing them afresh.")
         return None
     os.utime(path)  # used: kept longer
     print(f"Features read from {path}, computed by an earlier run on the same images.")
-    for name in features:
-        print(f"{name:>10}: features of shape {features[name].shape}")
     return features
 
-def keep_features(features, splits, s):
+def keep_features(path, features):
     """Write, then rename: a run killed while writing leaves no half file under the real name."""
-    path = feature_file(splits, s)
     if path is None:
         return
     try:
@@ -839,8 +838,7 @@ def is_plain_jpeg(path, image_size):
     return photo.plain_jpeg and photo.smaller_side < 2 * image_size
 
 def load_photos(s):
-    """Your photos' splits and classes, from class folders or labels.csv, and the unreadable files
-    left out."""
+    """Your photos' splits and classes, from class folders or labels.csv; unreadable files out."""
     if not os.path.isdir(s.data_dir):
         fail(f"--data-dir {s.data_dir} is not a folder; give a folder with a sub-folder per class")
     folders = {}  # {split: folder}, with split folders

@@ -174,8 +174,7 @@ def test_writing_leaves_no_half_file_and_the_folder_keeps_the_last_20(photos, ow
     savez = np.savez
     monkeypatch.setattr(tl.np, "savez", lambda f, **arrays: writes.append(f.name) or savez(f, **arrays))
     path = str(own_feature_cache / "new.npz")
-    monkeypatch.setattr(tl, "feature_file", lambda splits, s: path)
-    tl.keep_features(features, None, None)
+    tl.keep_features(path, features)
     assert writes and not writes[0].endswith("new.npz")  # written under another name, then renamed
     left = sorted(os.listdir(own_feature_cache))
     assert len(left) == 20 and "new.npz" in left and "old24.npz" in left and "old5.npz" not in left
