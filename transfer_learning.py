@@ -1,26 +1,26 @@
 """Transfer learning: MobileNetV2, trained on ImageNet, learns your classes in minutes.
 
-MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. We keep it "frozen": its
-weights never change. It turns each image into 1280 numbers, its "features", and, frozen, it gives
-an image the same features every time. So we compute them once, and a small new "head" (Dropout,
-then Dense) learns your classes from them in seconds. The data flow, N images at a time:
+MobileNetV2, from TensorFlow Hub, learned to see from 1.3 million photos. It is our "base", and we
+keep it "frozen": its weights never change. It turns each image into 1280 numbers, the image's
+"features", and since it never changes, an image always gets the same features. So we compute them
+once, and a small new "head", two layers on top, learns your classes from them in seconds:
     images (N, 224, 224, 3) -> frozen base -> features (N, 1280) -> head -> probabilities (N, 2)
-Run: pip install -r requirements.txt, then python transfer_learning.py (add --max-images 300 for a
-quick look, --data-dir DIR for your own photos; in a notebook: %run transfer_learning.py). It takes
-a minute or two on a laptop CPU; the head is right about 79 times in 100 on CIFAR-10's test cats
-and dogs (chance: 50). Read from the top: settings, run_lesson() (the contents), steps 1-7 (the
-lesson), lessons 8-11 (further), then the appendix (the tool's machinery)."""
+Run it: pip install -r requirements.txt, then python transfer_learning.py, about two minutes on a
+laptop CPU (--max-images 300: a quick look; --data-dir DIR: your own photos; in a notebook, %run
+transfer_learning.py). The head gets about 79 in 100 of CIFAR-10's test cats and dogs right (chance:
+50). Read on: the settings, run_lesson() (the table of contents), then steps 1-7, the lesson.
+Lessons 8-11 come after it, then the appendix: the machinery of the tool, not needed to learn."""
 import argparse, collections, csv, dataclasses, functools, hashlib, io, json, os, platform, shlex
 import shutil, signal, sys, tempfile, time, traceback, types
 
-# Set before TensorFlow loads; nothing to learn here. TF Hub's layers need Keras 2, not Keras 3.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's loading messages: errors only
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # a 20% faster CPU pass (appendix B)
-REAL_STDERR, QUIET = os.dup(2), os.open(os.devnull, os.O_WRONLY)  # QUIET: output sent nowhere
+# Start-up, before TensorFlow loads. None of it is part of the lesson: skip to the settings.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # TF Hub's layers need Keras 2 (tf-keras), not Keras 3
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only errors from TensorFlow's C++ code
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # LiteRT's CPU pass is faster with it
+REAL_STDERR, QUIET = os.dup(2), os.open(os.devnull, os.O_WRONLY)  # QUIET: output goes nowhere
 if "ipykernel" in sys.modules and os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
-    os.dup2(QUIET, 2)  # a notebook shows even what TensorFlow's C++ code prints while loading
-try:  # Ctrl-C while the libraries load: one line, not a traceback
+    os.dup2(QUIET, 2)  # a notebook would show even what TensorFlow's C++ code prints as it loads
+try:  # Ctrl-C while the libraries load ends with one line, not a traceback
     import matplotlib.pyplot as plt
     import numpy as np
     import tensorflow as tf
@@ -34,7 +34,7 @@ finally:
     os.dup2(REAL_STDERR, 2)
 # The TF Hub "handle" (address) of the "module" (a saved network) we start from: MobileNetV2.
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
-PREDICT_BATCH = 32  # images per batch through the frozen base (the head trains in batch_size)
+PREDICT_BATCH = 32  # images the frozen base takes at a time (the head trains in --batch-size)
 
 def setting(default, why, **flag):  # a setting's default, and why, for Settings and --help
     return dataclasses.field(default=default, metadata=dict(help=why, **flag))
@@ -51,7 +51,7 @@ class Settings:
     epochs: int = setting(10, "passes over the training features; the best one is kept")
     batch_size: int = setting(64, "images per training step of the head (step 4)")
     learning_rate: float = setting(1e-3, "how far each step moves the head's weights")
-    seed: int = setting(42, "random seed for the splits and training: the same run twice")
+    seed: int = setting(42, "random seed: the same seed, the same splits and training")
     # For the extra lessons, 8-11, and the tool, after the lesson
     fine_tune_epochs: int = setting(0, "lesson 8: then train the whole network (3 GB of memory)")
     fine_tune_learning_rate: float = setting(1e-4, "lesson 8: the highest rate while fine-tuning")
@@ -74,7 +74,7 @@ def run_lesson(s, run_dir, results):
         splits, classes = load_cifar10_cats_and_dogs()
     splits = carve_missing_splits(splits, s.validation_split, s.seed)
     splits = sample(splits, s.max_images, s.seed)  # --max-images: a quick look (appendix A)
-    results.update(classes=classes, **count_images(splits, classes))  # prints, returns num_train..
+    results.update(classes=classes, **count_images(splits, classes))  # prints them per class
     if s.data_dir:  # copies of training photos among the test photos flatter it (appendix C)
         results["copies_across_splits"] = find_copies_across_splits(splits)
     datasets = {}  # tf.data pipelines that read and resize each split's images as needed
@@ -85,8 +85,8 @@ def run_lesson(s, run_dir, results):
     module = load_module(s.model_handle, s.image_size)  # hub.load(), with clear errors
     model, extractor, head = build_model(module, s.image_size, len(classes), s.dropout)
     step("3. Bottleneck features")  # the 1280 numbers the frozen base boils each image down to
-    # A stand-in extractor hands back the features an earlier run kept of these images, or runs
-    # the base in LiteRT on a CPU: the same numbers, sooner (appendix B). The lesson is the same.
+    # with_speed_ups (appendix B) swaps in a stand-in extractor that gives the same numbers sooner:
+    # those an earlier run kept of these images, or the base's, run by LiteRT on a CPU.
     extractor = with_speed_ups(extractor, datasets, splits, s, results)
     features = compute_features(extractor, datasets, splits)
     step("4. Training the head")
@@ -111,8 +111,8 @@ def run_lesson(s, run_dir, results):
     print_what_to_try_next(s, results["output_dir"])
 
 # 1. Data --------------------------------------------------------------------------------------
-# Three splits: training images teach the head; validation images pick the best epoch (one pass
-# over all training images); test images, unseen until step 5, say how it does on new photos.
+# Three splits. Training images teach the head. Validation images pick the best epoch (an epoch:
+# one pass over the training images). Test images, unseen until step 5, test it on new photos.
 Split = collections.namedtuple("Split", "x y names")  # images (pixels or files), classes, names
 
 def load_cifar10_cats_and_dogs():
@@ -134,8 +134,8 @@ def carve_missing_splits(splits, fraction, seed):
     return {name: splits[name] for name in ("train", "validation", "test")}
 
 def make_dataset(x, y, image_size, batch_size=PREDICT_BATCH, shuffle_seed=None):
-    """Batches of (images, labels) from tf.data, which reads and resizes each image only when it is
-    needed (12000 upscaled images would take 7 GB); prefetch readies the next batch meanwhile."""
+    """Batches of (images, labels). tf.data reads and resizes each image only when it is needed, as
+    12000 upscaled images would fill 7 GB; prefetch readies the next batch meanwhile."""
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:  # a new order every epoch, to train on the images (lesson 8)
         dataset = dataset.shuffle(len(y), seed=shuffle_seed)
@@ -146,15 +146,15 @@ def make_dataset(x, y, image_size, batch_size=PREDICT_BATCH, shuffle_seed=None):
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 def scale_and_resize(images, image_size):
-    """Pixels from 0-255 to [0, 1], as TF Hub's image modules take them, and image_size square:
-    MobileNetV2 learned on 224x224 photos; upscaled, CIFAR's show it objects at a size it knows."""
+    """Pixels from 0-255 to 0-1, the range TF Hub's image modules expect, and image_size square.
+    MobileNetV2 learned on 224x224 photos: upscaled, CIFAR's show it things at a size it knows."""
     images = tf.image.convert_image_dtype(images, tf.float32)  # divides by 255
     # antialias=True: a photo shrunk averages its pixels instead of skipping most of them
     images = tf.image.resize(images, (image_size, image_size), antialias=True)
     return tf.clip_by_value(images, 0.0, 1.0)  # resizing can overshoot, to 1.0000002 say
 
 def show_data(train, classes, size, path):
-    """Look before training: two training images a class (8 at most), as stored and as received."""
+    """Look before training: 2 images per class (8 classes at most), as stored and as received."""
     rows = min(8, len(classes))
     fig, axes = plt.subplots(rows, 4, figsize=(11, 2.8 * rows), squeeze=False, layout="constrained",
                              subplot_kw=dict(xticks=[], yticks=[]))
@@ -172,16 +172,17 @@ def show_data(train, classes, size, path):
 
 # 2. Model -------------------------------------------------------------------------------------
 def build_model(module, image_size, num_classes, dropout):
-    """The frozen base under a new head, as three Keras models. A layer turns its input into an
-    output with weights, numbers it can learn; calling a layer on an input, as in drop(features),
-    wires it in, and a Keras model runs the wired layers from its Input to its output. The three
-    models call the same layer objects, so they share weights: when head learns, model does too.
-    model      images -> MobileNetV2 -> Dropout -> Dense: what we export;
-    extractor  images -> MobileNetV2 features: what runs once per image (step 3);
-    head       features -> Dropout -> Dense: what we train and test, on features computed once."""
-    images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
+    """The frozen base under a new head, wired as three Keras models that share their layers:
+    model      images -> MobileNetV2 -> Dropout -> Dense: what we export (step 7)
+    extractor  images -> MobileNetV2 -> features: run once per image (step 3)
+    head       features -> Dropout -> Dense: what we train and test (steps 4 and 5)"""
     # trainable=False: the base keeps what ImageNet taught it, whatever we train.
     base = hub.KerasLayer(module, trainable=False, name="mobilenet_v2")
+    # A layer turns its input into an output using weights, numbers it can learn. Calling a layer on
+    # an input, as in base(images), wires it in; a Keras model runs the wired layers from its Input
+    # to its output. The three models call the same layer objects, so they share the same weights:
+    # when head learns, model learns too.
+    images = tf.keras.Input(shape=(image_size, image_size, 3), name="images")
     features = base(images)
     # Dropout hides random features at each training step, so that the head cannot lean on a few
     # of them: a guard against overfitting, memorising the training images instead of learning.
@@ -226,14 +227,14 @@ def train_head(head, features, splits, num_classes, s):
 def compile_for_training(model, learning_rate):
     """Adam nudges the weights to lower the loss, in steps as large as the learning rate. The loss
     is the mean of -log(probability given to the true class): 0 when sure and right, large when
-    sure and wrong. "Sparse" cross-entropy: labels are class numbers, not one-hot rows ([1, 0])."""
+    sure and wrong. "Sparse" cross-entropy takes labels as numbers (0, 1), not as [1, 0] rows."""
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 def fit_keeping_the_best_epoch(model, training, validation, epochs):
-    """model.fit, then back to the epoch with the lowest validation loss (it falls as the model
-    grows surer of its right answers and, unlike accuracy, rarely ties); never the test loss, as
-    test images stay unseen. ModelCheckpoint saves each epoch better than all before; we load it."""
+    """model.fit, then back to the epoch with the lowest validation loss. Loss, not accuracy: it
+    also falls as the model grows surer of its right answers, so epochs rarely tie. Not the test
+    loss: test images stay unseen. ModelCheckpoint saves each epoch better than all before it."""
     with tempfile.TemporaryDirectory() as folder:
         best_file = os.path.join(folder, "best.weights.h5")
         save_best = tf.keras.callbacks.ModelCheckpoint(best_file, monitor="val_loss",
@@ -243,8 +244,8 @@ def fit_keeping_the_best_epoch(model, training, validation, epochs):
         model.load_weights(best_file)
     best = int(np.argmin(history["val_loss"]))  # argmin: where the lowest value is
     print(f"Kept epoch {best + 1}: training accuracy {history['accuracy'][best]:.3f}, validation "
-          f"{history['val_accuracy'][best]:.3f}. Training far above validation would be "
-          "overfitting; a little below is normal: Keras measures it while dropout hides features.")
+          f"{history['val_accuracy'][best]:.3f}. Training far above validation would mean "
+          "overfitting. A little below is normal: Keras measures it while dropout hides features.")
     return history, dict(kept_epoch=best + 1, train_accuracy=history["accuracy"][best],
                          val_accuracy=history["val_accuracy"][best])
 
@@ -280,11 +281,11 @@ def plot_results(histories, evaluated, test_split, classes, image_size, run_dir)
 
 # 7. Export ------------------------------------------------------------------------------------
 def export_model(model, classes, test_split, evaluated, image_size, run_dir):
-    """model/: a SavedModel (TensorFlow's format for a model's functions and weights) whose serve()
-    takes photos as they come, resizes them as training did, and returns a probability per class,
-    in labels.txt's order; reloaded, it must give 8 test images the same. Lesson 10 uses it."""
-    def serve(photos):  # photos as they come: any number, any size, RGB 0-255
-        return model(scale_and_resize(photos, image_size))
+    """Save model/, a SavedModel (TensorFlow's format for a model's weights and functions). Its
+    serve() takes photos as they come, resizes them as training did, and returns a probability per
+    class, in labels.txt's order. Reloaded, it must give 8 test images the same probabilities."""
+    def serve(images):  # photos as they come: any number, any size, RGB 0-255
+        return model(scale_and_resize(images, image_size))
     save_with_serve(model, serve, os.path.join(run_dir, "model"))  # Keras' ExportArchive, app. A
     with open(os.path.join(run_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(name + "\n" for name in classes))
@@ -304,7 +305,7 @@ def train_on_images(model, history, evaluated, splits, datasets, classes, s, run
     weights_before = [(weight, weight.numpy()) for weight in model.weights]  # to give back
     head_alone = {key: results[key] for key in ("kept_epoch", "train_accuracy", "val_accuracy",
                                                 "test_accuracy", "test_loss")}
-    # Gradients need each layer's outputs for every image of a batch: 64 images took 6 GB; 16, 3 GB.
+    # Gradients need every layer's output for each image in a batch: 6 GB for 64 images, 3 for 16.
     batch_size = min(16, s.batch_size) if s.fine_tune_epochs else s.batch_size
     images = make_dataset(splits["train"].x, splits["train"].y, s.image_size, batch_size,
                           shuffle_seed=s.seed)
@@ -339,7 +340,7 @@ def train_on_images(model, history, evaluated, splits, datasets, classes, s, run
                                            s.image_size, run_dir)
     return model, evaluated
 
-def fine_tuning_rate(s, batch_size, steps_per_epoch):
+def fine_tuning_rate(s, batch_size, batches_per_epoch):
     """Fine-tuning's rate, batch by batch. Smaller batches give noisier gradients, so smaller steps:
     the peak is --fine-tune-learning-rate times sqrt(16 / 64), that is halved (an average of n
     gradients is 1 / sqrt(n) as noisy). The rate climbs from 0 to the peak over the first tenth of
@@ -347,15 +348,15 @@ def fine_tuning_rate(s, batch_size, steps_per_epoch):
     model fell below the frozen one (we tried)."""
     peak = s.fine_tune_learning_rate * (batch_size / s.batch_size) ** 0.5
     print(f"Fine-tuning in batches of {batch_size} images; the rate peaks at {peak:.2g}.")
-    steps = s.fine_tune_epochs * steps_per_epoch
+    steps = s.fine_tune_epochs * batches_per_epoch
     return tf.keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=peak, warmup_steps=steps // 10,
         decay_steps=steps - steps // 10)
 
 def unfreeze(model):
-    """The same layers, the base now trainable, in a model that runs it with training=False: its
-    BatchNorm layers rescale each layer's outputs by averages learned on ImageNet, which
-    training=True would replace by our few thousand images' own, wrecking the features."""
+    """The same layers, the base now trainable, in a model that runs it with training=False: the
+    base's BatchNorm layers keep each layer's outputs in a steady range with averages learned on
+    ImageNet, which training=True would swap for our few images' own, wrecking the features."""
     base = model.get_layer("mobilenet_v2")
     base.trainable = True  # compile(), next, takes note of what is trainable
     images = tf.keras.Input(shape=model.input_shape[1:], name="images")
@@ -379,8 +380,8 @@ def read_the_results(model, evaluated, split, classes, image_size, run_dir):
     return dict(test_accuracy_95=[low, high])
 
 def accuracy_interval(predicted, labels, z=1.96):
-    """Wilson's 95% interval for an accuracy p on n images: roughly p +- 1.96 sqrt(p (1 - p) / n),
-    as p varies from one set of n images to another, but right for small n too."""
+    """An accuracy p on n test images is a sample; others would give another. Wilson's 95% interval,
+    where it likely lies: about p +- 1.96 sqrt(p (1 - p) / n), but right for small n too."""
     n, p = len(labels), np.mean(predicted == labels)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -458,8 +459,7 @@ def predict_photos(paths, run_dir):
             status = 2
             continue
         p = model.serve(pixels[None]).numpy()[0]  # [None]: a batch of one photo
-        count = 1 if len(classes) == 2 else 3  # the likeliest class; of more classes, 3
-        likeliest = np.argsort(-p)[:count]  # -p: sorted from the most probable down
+        likeliest = np.argsort(-p)[:1 if len(classes) == 2 else 3]  # -p: the most probable first
         print(f"{path}: " + ", ".join(f"{classes[i]} {p[i]:.1%}" for i in likeliest))
     return status
 
