@@ -182,3 +182,11 @@ def test_augmentation_alone_keeps_the_base_frozen_and_reports_both_accuracies(mo
     exported = exported_base_weights(tmp_path / "run")
     for name in original:
         np.testing.assert_array_equal(exported[name], original[name])
+
+
+def test_fine_tuning_says_the_batch_size_and_the_peak_rate_it_uses(capsys):
+    """16 images a batch instead of --batch-size 64: the peak rate is halved, and the run says so."""
+    s = tl.parse_args(["--fine-tune-epochs", "2", "--fine-tune-learning-rate", "1e-4"])
+    schedule = tl.fine_tuning_rate(s, 16, 10)
+    assert "Fine-tuning in batches of 16 images; the rate peaks at 5e-05." in capsys.readouterr().out
+    assert max(float(schedule(step)) for step in range(21)) == pytest.approx(5e-5, rel=1e-3)
