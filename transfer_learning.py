@@ -333,16 +333,16 @@ def train_on_images(model, history, evaluated, splits, datasets, classes, s, run
     print(f"Test accuracy: {head_alone['test_accuracy']:.4f} with the head alone, "
           f"{measured['test_accuracy']:.4f} after training on the images. The "
           f"{'fine-tuned' if s.fine_tune_epochs else 'newly trained'} model is saved.")
+    results.update(measured, **best, head_alone=head_alone)
     plot_results([history, image_history], evaluated, splits["test"], classes, s.image_size,
                  run_dir)
-    results.update(measured, **best, head_alone=head_alone)
     results["export_check"] = export_model(model, classes, splits["test"], evaluated,
                                            s.image_size, run_dir)
     return model, evaluated
 
 def fine_tuning_rate(s, batch_size, batches_per_epoch):
     """Fine-tuning's rate, batch by batch. Smaller batches give noisier gradients, so smaller steps:
-    the peak is --fine-tune-learning-rate times sqrt(16 / 64), that is halved (an average of n
+    the peak is --fine-tune-learning-rate times sqrt(16 / 64), that is, halved (an average of n
     gradients is 1 / sqrt(n) as noisy). The rate climbs from 0 to the peak over the first tenth of
     the batches, then falls back to 0 along a cosine curve; starting at the peak, the fine-tuned
     model fell below the frozen one (we tried)."""

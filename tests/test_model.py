@@ -159,8 +159,8 @@ def test_test_loss_is_the_cross_entropy_of_the_true_class(tmp_path):
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32)
     labels = np.array([0, 1, 1, 0])
     model = tf.keras.Sequential([tf.keras.layers.Lambda(lambda x: x)])
-    test, measured = tl.evaluate(model, probabilities, tl.Split(np.zeros(4), labels, np.array(list("abcd"))),
-                                 ["x", "y"])
+    test_split = tl.Split(np.zeros(4), labels, np.array(list("abcd")))
+    test, measured = tl.evaluate(model, probabilities, test_split, ["x", "y"])
     expected = -np.mean(np.log([0.9, 0.8, 0.4, 0.3]))
     assert measured["test_loss"] == pytest.approx(expected, rel=1e-5)
     assert measured["test_accuracy"] == 0.5 and measured["per_class_accuracy"] == {"x": 0.5, "y": 0.5}
